@@ -1,0 +1,18 @@
+"""Where a PostgreSQL-backed test should put its tables (see ``postgres_schema_url``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """A throwaway schema in the test database.
+
+    ``url`` is a ``postgresql://`` URL whose ``options`` set ``search_path`` to ``schema``, so a
+    plain connection lands there; ``schema`` is the bare name, for code that takes it separately
+    (e.g. eventsourcing's ``POSTGRES_SCHEMA``).
+    """
+
+    url: str
+    schema: str
