@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import IntegrityError, Recording
 
@@ -216,9 +216,15 @@ class MissionLedger(Application[UUID]):
             if agg.id in crossed:
                 self.snapshots.put([Snapshot.take(agg)])
 
-    def _get(self, cls: type[T], aggregate_id: UUID, kind: str) -> T:
+    def _get(self, cls: type[T], aggregate_id: UUID, kind: str, *, short: bool = False) -> T:
+        """Load an aggregate; ``short`` streams (a few events) skip the snapshot lookup."""
         try:
-            agg: Any = self.repository.get(aggregate_id)
+            if short:  # one query instead of two: a snapshot could never save a replay here
+                agg: Any = project_aggregate(None, self.events.get(aggregate_id))
+                if agg is None:
+                    raise AggregateNotFoundError(aggregate_id)
+            else:
+                agg = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise NotFound(f"no {kind} {aggregate_id}") from None
         if not isinstance(agg, cls):
@@ -229,7 +235,8 @@ class MissionLedger(Application[UUID]):
         return self._get(Mission, _parse_id(mission_id, "Mission"), "Mission")
 
     def get_proposal(self, proposal_id: str | UUID) -> Proposal:
-        return self._get(Proposal, _parse_id(proposal_id, "proposal"), "proposal")
+        # A proposal has at most two events (submitted, decided).
+        return self._get(Proposal, _parse_id(proposal_id, "proposal"), "proposal", short=True)
 
     def _run(
         self,
@@ -241,7 +248,8 @@ class MissionLedger(Application[UUID]):
         body: Callable[[datetime], tuple[list[ChainedAggregate], dict[str, Any], bool]],
     ) -> CommandResult:
         """Run one command: idempotency check → domain → one commit → result."""
-        fingerprint = _fingerprint(command, args)
+        # Only an idempotent command needs the fingerprint (JCS + SHA-256 of every argument).
+        fingerprint = _fingerprint(command, args) if idempotency_key is not None else ""
         if idempotency_key is not None:
             replay = self._replay(idempotency_key, command, fingerprint)
             if replay is not None:
@@ -533,8 +541,17 @@ class MissionLedger(Application[UUID]):
         )
         cause = {"mission_id": str(mission.id), "event_id": self._head_event_id(mission)}
         resumed: list[ChainedAggregate] = []
-        for child in self._descendants(mission):
-            if child.suspended_by == str(mission.id) and child.effective_state(now) == SUSPENDED:
+        # Walk down, but not below a descendant that stays suspended: its subtree must stay
+        # suspended with it. Every ancestor of a Mission reached here is live and unsuspended
+        # after this command, so a descendant suspended by an ancestor (``suspended_by`` set,
+        # usually to ``mission``) resumes; one suspended on its own stays suspended.
+        queue = [entry["mission_id"] for entry in mission.children]
+        while queue:
+            child = self.get_mission(queue.pop(0))
+            if child.effective_state(now) == SUSPENDED:
+                if child.suspended_by != str(mission.id):
+                    queue.extend(entry["mission_id"] for entry in child.children)
+                    continue
                 child.resume(
                     actor=actor,
                     now=now,
@@ -543,6 +560,7 @@ class MissionLedger(Application[UUID]):
                     cause=cause,
                 )
                 resumed.append(child)
+            queue.extend(entry["mission_id"] for entry in child.children)
         return resumed
 
     def _end(
@@ -793,6 +811,10 @@ class MissionLedger(Application[UUID]):
         outcome.append(mission_id)
         report.cascaded.extend(
             str(m.id) for m in changed[1:] if isinstance(m, Mission) and m.state == "cascaded"
+        )
+        # a descendant whose own expiry had passed is recorded as expired, not cascaded
+        report.expired_missions.extend(
+            str(m.id) for m in changed[1:] if isinstance(m, Mission) and m.state == "expired"
         )
 
     # -- reads ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta, timezone
+from fnmatch import fnmatchcase
 from typing import Any
 
 from hypothesis import assume, given, settings
@@ -25,7 +26,7 @@ from mission_ledger.domain.authority import (
     resource_covers,
     subset_violation,
 )
-from mission_ledger.domain.errors import DelegationDenied
+from mission_ledger.domain.errors import DelegationDenied, InvalidAuthority
 
 SETTINGS = settings(max_examples=200, deadline=None)
 DENIALS = {
@@ -59,7 +60,11 @@ PROBE_RESOURCES = (
     "https://t.example/a",
 )
 PROBE_ACTIONS = (*ACTIONS, "inv.x", "inv", "inv.read.more", "other")
-PROBE_TIMES = tuple(t + d for t in TIMES for d in (timedelta(0), -timedelta(microseconds=1)))
+PROBE_TIMES = (
+    datetime(2025, 12, 25, tzinfo=UTC),
+    *(t + d for t in TIMES for d in (timedelta(0), -timedelta(microseconds=1))),
+    datetime(2026, 1, 25, tzinfo=UTC),
+)
 
 
 def _stamp(t: datetime, *, shifted: bool) -> str:
@@ -71,6 +76,8 @@ def _stamp(t: datetime, *, shifted: bool) -> str:
 
 def _subsequence(items: tuple[Any, ...], *, min_size: int = 0) -> st.SearchStrategy[list[Any]]:
     """Distinct items (by position, so unhashable dicts work), each a fresh copy."""
+    if not items:
+        return st.just([])
     indices = st.lists(
         st.integers(0, len(items) - 1), min_size=min_size, max_size=len(items), unique=True
     )
@@ -84,13 +91,14 @@ def _window(
     """Optional not_before/not_after within [low, high] (a bound present is always kept)."""
     constraints: dict[str, Any] = {}
     options = [t for t in TIMES if (low is None or t >= low) and (high is None or t <= high)]
+    starts = [t for t in options if high is None or t < high]
     nb: datetime | None = low
-    if low is not None or draw(st.booleans()):
-        nb = draw(st.sampled_from(options[:-1] or options))
+    if starts and (low is not None or draw(st.booleans())):
+        nb = draw(st.sampled_from(starts))
     na: datetime | None = high
-    later = [t for t in options if nb is None or t > nb]
-    if (high is not None or draw(st.booleans())) and later:
-        na = draw(st.sampled_from(later))
+    ends = [t for t in options if nb is None or t > nb]
+    if ends and (high is not None or draw(st.booleans())):
+        na = draw(st.sampled_from(ends))
     if nb is not None:
         constraints["not_before"] = _stamp(nb, shifted=draw(st.booleans()))
     if na is not None:
@@ -127,7 +135,7 @@ def raw_entries(draw: st.DrawFn) -> dict[str, Any]:
         constraints["stage"] = draw(st.sampled_from(STAGES))
     if draw(st.booleans()):
         constraints["max_calls"] = draw(st.integers(1, 5))
-    if constraints or draw(st.booleans()):
+    if bool(constraints) or draw(st.booleans()):
         entry["constraints"] = constraints
     if draw(st.booleans()):
         entry["delegation"] = draw(_delegation())
@@ -200,41 +208,129 @@ def _key(principal: dict[str, str]) -> str:
     return f'{{"{kind}":"{name}"}}'
 
 
+def _perturbed(draw: st.DrawFn, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with one aspect redrawn at random, which may or may not widen it."""
+    entry = copy.deepcopy(raw)
+    constraints = entry.setdefault("constraints", {})
+    aspect = draw(
+        st.sampled_from(
+            ("resource", "actions", "not_before", "not_after", "stage", "max_calls", "delegation")
+        )
+    )
+    if aspect == "resource":
+        entry["resource"] = draw(st.sampled_from(RESOURCES))
+    elif aspect == "actions":
+        entry["actions"] = draw(_subsequence(ACTIONS, min_size=1))
+    elif aspect in ("not_before", "not_after"):
+        constraints.pop(aspect, None)
+        if draw(st.booleans()):
+            constraints[aspect] = _stamp(draw(st.sampled_from(TIMES)), shifted=False)
+    elif aspect == "stage":
+        constraints.pop("stage", None)
+        if draw(st.booleans()):
+            constraints["stage"] = draw(st.sampled_from(STAGES))
+    elif aspect == "max_calls":
+        constraints.pop("max_calls", None)
+        if draw(st.booleans()):
+            constraints["max_calls"] = draw(st.integers(1, 5))
+    elif "delegation" in entry and draw(st.booleans()):
+        entry["delegation"]["max_depth"] += 1
+    else:
+        entry["delegation"] = draw(_delegation())
+    return entry
+
+
 @st.composite
-def narrowed(draw: st.DrawFn, parent: AuthoritySet, *, delegating: bool = False) -> AuthoritySet:
-    """A child Set whose every entry narrows some (randomly chosen) parent entry."""
+def narrowed(
+    draw: st.DrawFn, parent: AuthoritySet, *, delegating: bool = False, perturb: bool = False
+) -> AuthoritySet:
+    """A child Set whose every entry narrows some (randomly chosen) parent entry; with
+    ``perturb``, one entry then has one aspect redrawn, so it may fall just outside."""
     raws = [
         draw(_narrowed_entry(draw(st.sampled_from(parent.entries)), delegating=delegating))
         for _ in range(draw(st.integers(1, 3)))
     ]
+    if perturb:
+        index = draw(st.integers(0, len(raws) - 1))
+        changed = [*raws[:index], _perturbed(draw, raws[index]), *raws[index + 1 :]]
+        try:
+            return parse_authority_set(changed, allow_wildcard=True)
+        except InvalidAuthority:  # e.g. not_before now after not_after: keep the narrowing
+            pass
     return parse_authority_set(raws, allow_wildcard=True)
 
 
 def children_of(parent: AuthoritySet, *, delegating: bool = False) -> Any:
-    return st.one_of(narrowed(parent, delegating=delegating), authority_sets())
+    """Child candidates: narrowed (1/4), narrowed then perturbed (1/2), or unrelated (1/4)."""
+    perturbed = narrowed(parent, delegating=delegating, perturb=True)
+    return st.one_of(
+        narrowed(parent, delegating=delegating), perturbed, perturbed, authority_sets()
+    )
+
+
+def _concrete(value: str) -> str:
+    """A concrete value a pattern covers (itself if it is not a pattern)."""
+    return value[:-1] + "x" if value.endswith("*") else value
 
 
 @st.composite
-def requests(draw: st.DrawFn) -> tuple[str, str, datetime, str | None]:
+def requests(draw: st.DrawFn, s: AuthoritySet) -> tuple[str, str, datetime, str | None]:
+    """A request: random over the probes, or aimed at one entry of ``s`` so it often matches."""
+    if draw(st.booleans()):
+        return (
+            draw(st.sampled_from(PROBE_ACTIONS)),
+            draw(st.sampled_from(PROBE_RESOURCES)),
+            draw(st.sampled_from(PROBE_TIMES)),
+            draw(st.sampled_from((None, *STAGES))),
+        )
+    e = draw(st.sampled_from(s.entries))
+    at = e.not_before or draw(st.sampled_from(PROBE_TIMES))
     return (
-        draw(st.sampled_from(PROBE_ACTIONS)),
-        draw(st.sampled_from(PROBE_RESOURCES)),
-        draw(st.sampled_from(PROBE_TIMES)),
-        draw(st.sampled_from((None, *STAGES))),
+        _concrete(draw(st.sampled_from(e.actions))),
+        _concrete(e.resource),
+        at,
+        e.stage or draw(st.sampled_from((None, *STAGES))),
     )
+
+
+@st.composite
+def delegating_parents(draw: st.DrawFn, agent: str) -> AuthoritySet:
+    """A Set in which at least one entry lets ``agent`` (and maybe others) create children."""
+    raws = draw(st.lists(raw_entries(), min_size=1, max_size=3))
+    for raw in raws[: draw(st.integers(1, len(raws)))]:
+        delegation = raw.setdefault("delegation", {"max_depth": draw(st.integers(1, 3))})
+        children = delegation.setdefault("children", {})
+        actors = children.setdefault("allowed_child_actors", [])
+        if {"sub": agent} not in actors and draw(st.integers(0, 4)) > 0:
+            actors.append({"sub": agent})
+    return parse_authority_set(raws, allow_wildcard=True)
 
 
 # ----------------------------------------------------------------------------------- properties
 
 
+def _patterns() -> st.SearchStrategy[str]:
+    """Short strings over a tiny alphabet, half of them prefix patterns (``""+"*"`` is ``*``)."""
+    return st.builds(
+        lambda body, star: body + ("*" if star else ""), st.text("ab.", max_size=3), st.booleans()
+    )
+
+
+def _witnesses(value: str) -> list[str]:
+    """Concrete strings ``value`` covers, enough to tell any pattern that misses some apart."""
+    if not value.endswith("*"):
+        return [value]
+    return [value[:-1] + tail for tail in ("", "#", "~")]
+
+
 @SETTINGS
-@given(st.sampled_from(RESOURCES + ACTIONS), st.sampled_from(RESOURCES + ACTIONS))
-def test_pattern_order_is_semantic(broad: str, narrow: str) -> None:
-    """``covers(p, q)`` implies every probe ``q`` covers is covered by ``p``."""
-    if resource_covers(broad, narrow):
-        for probe in (*PROBE_RESOURCES, *PROBE_ACTIONS):
-            if resource_covers(narrow, probe):
-                assert resource_covers(broad, probe), (broad, narrow, probe)
+@given(_patterns(), _patterns())
+def test_pattern_coverage_matches_an_independent_oracle(pattern: str, value: str) -> None:
+    """``covers(p, v)`` holds exactly when every concrete string ``v`` names matches ``p`` as a
+    shell glob (fnmatch, independent of the code under test; ``*`` only ever trails)."""
+    for covers in (resource_covers, action_covers):
+        semantic = all(fnmatchcase(w, pattern) for w in _witnesses(value))
+        assert covers(pattern, value) is semantic, (covers.__name__, pattern, value)
 
 
 @SETTINGS
@@ -271,13 +367,22 @@ def test_delegating_is_stricter_than_in_place(data: st.DataObject, parent: Autho
         assert subset_violation(parent, child) is None
 
 
-@SETTINGS
-@given(st.data(), authority_sets(), st.booleans())
-def test_sound(data: st.DataObject, parent: AuthoritySet, delegating: bool) -> None:
-    """A subset never allows a request its parent refuses."""
-    child = data.draw(children_of(parent, delegating=delegating))
-    assume(subset_violation(parent, child, delegating=delegating) is None)
-    for action, resource, at, stage in data.draw(st.lists(requests(), min_size=1, max_size=20)):
+def _grid(s: AuthoritySet) -> list[tuple[str, str, datetime, str | None]]:
+    """Every request aimed at an entry of ``s``: each of its actions and its resource (made
+    concrete), at every probe instant, in every stage."""
+    return [
+        (_concrete(action), _concrete(e.resource), at, stage)
+        for e in s.entries
+        for action in e.actions
+        for at in PROBE_TIMES
+        for stage in (None, *STAGES)
+    ]
+
+
+def _assert_sound(
+    parent: AuthoritySet, child: AuthoritySet, probes: list[tuple[str, str, datetime, str | None]]
+) -> None:
+    for action, resource, at, stage in probes:
         by_child = evaluate(child, action=action, resource=resource, at=at, stage=stage)
         if by_child.allowed:
             by_parent = evaluate(parent, action=action, resource=resource, at=at, stage=stage)
@@ -285,24 +390,45 @@ def test_sound(data: st.DataObject, parent: AuthoritySet, delegating: bool) -> N
 
 
 @SETTINGS
+@given(st.data(), authority_sets(), st.booleans())
+def test_sound(data: st.DataObject, parent: AuthoritySet, delegating: bool) -> None:
+    """A subset never allows a request its parent refuses."""
+    child = data.draw(children_of(parent, delegating=delegating))
+    assume(subset_violation(parent, child, delegating=delegating) is None)
+    probes = data.draw(st.lists(requests(child), min_size=1, max_size=10))
+    _assert_sound(parent, child, probes + _grid(child))
+
+
+@SETTINGS
+@given(st.data(), raw_entries())
+def test_sound_against_single_perturbations(data: st.DataObject, raw: dict[str, Any]) -> None:
+    """One parent entry, a child that narrows it and then redraws one aspect: whenever the
+    redraw widened what the child allows, subset_violation must have noticed."""
+    parent = parse_authority_set([raw], allow_wildcard=True)
+    child = data.draw(narrowed(parent, perturb=True))
+    if subset_violation(parent, child) is None:
+        _assert_sound(parent, child, _grid(child))
+
+
+@SETTINGS
 @given(
     st.data(),
-    authority_sets(),
     st.sampled_from(AGENTS),
+    st.booleans(),
     st.dictionaries(st.integers(0, 2), st.integers(0, 4)),
 )
 def test_planned_delegation_is_attenuated(
-    data: st.DataObject, parent: AuthoritySet, agent: str, live: dict[int, int]
+    data: st.DataObject, agent: str, biased: bool, live: dict[int, int]
 ) -> None:
     """Whenever a child is planned it is a delegating subset, its actor is allowed by name
     under the justifying entry, and that entry has room for one more child."""
+    parent = data.draw(delegating_parents(agent) if biased else authority_sets())
     child = data.draw(children_of(parent, delegating=True))
+    denied: str | None = None
     try:
         plan = plan_delegation(parent, child, child_agent=agent, live_children_per_entry=live)
     except DelegationDenied as exc:
         denied = exc.reason
-    else:
-        denied = None
     if denied is not None:
         assert denied in DENIALS
         return
@@ -313,3 +439,36 @@ def test_planned_delegation_is_attenuated(
     assert agent in policy.children.allowed_child_actors
     limit = policy.children.max_children
     assert limit is None or live.get(plan.justifying_entry, 0) < limit
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from(AGENTS))
+def test_delegation_chains_are_bounded(data: st.DataObject, agent: str) -> None:
+    """However children are chosen, a chain of planned delegations never grows deeper than the
+    root's largest max_depth, and no descendant's fan-out or actors exceed the root's."""
+    root = data.draw(delegating_parents(agent))
+    depth_cap = max(e.delegation.max_depth for e in root.entries if e.delegation)
+    root_actors = {
+        a for e in root.entries if e.delegation and e.delegation.children
+        for a in e.delegation.children.allowed_child_actors
+    }  # fmt: skip
+    current, depth = root, 0
+    for _ in range(depth_cap + 2):
+        # the boldest candidate is the parent's own Set; in-place narrowings keep max_depth too
+        child = data.draw(
+            st.one_of(
+                st.just(current),
+                narrowed(current, perturb=True),
+                children_of(current, delegating=True),
+            )
+        )
+        try:
+            plan_delegation(current, child, child_agent=agent, live_children_per_entry={})
+        except DelegationDenied:
+            continue
+        depth += 1
+        assert depth <= depth_cap, (depth, root.to_json(), child.to_json())
+        for e in child.entries:
+            if e.delegation and e.delegation.children:
+                assert set(e.delegation.children.allowed_child_actors) <= root_actors
+        current = child

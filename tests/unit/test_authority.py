@@ -141,7 +141,7 @@ def test_parse_full_entry() -> None:
 
 
 def test_raw_keeps_member_order_and_is_a_private_copy() -> None:
-    raw = {
+    raw: dict[str, Any] = {
         "actions": ["b", "a"],
         "constraints": {"stage": "s", "max_calls": 3},
         "resource": ERP,
@@ -476,7 +476,7 @@ def test_evaluate_ignores_max_calls_and_needs_aware_time() -> None:
 
 # -------------------------------------------------------------------------------- attenuation
 
-DELEG = {
+DELEG: dict[str, Any] = {
     "max_depth": 3,
     "allowed_delegates": [{"sub": "a"}, {"sub_profile": "p"}],
     "children": {
