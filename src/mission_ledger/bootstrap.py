@@ -7,16 +7,8 @@ from psycopg import sql
 
 from .clock import Clock
 from .config import Settings
-from .domain.errors import MissionLedgerError
+from .errors import MissionLedgerError, Unavailable
 from .ledger import MissionLedger
-
-
-class StorageUnavailable(MissionLedgerError):
-    """The event store cannot be reached or prepared."""
-
-    code = "unavailable"
-    http_status = 503
-    exit_code = 1
 
 
 def prepare_storage(settings: Settings) -> None:
@@ -26,7 +18,7 @@ def prepare_storage(settings: Settings) -> None:
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StorageUnavailable(
+            raise Unavailable(
                 f"cannot create the data directory {settings.data_dir}: {error.strerror}; "
                 "choose another with --data DIR"
             ) from None
@@ -47,7 +39,7 @@ def prepare_storage(settings: Settings) -> None:
                 )
         except psycopg.Error as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else "error"
-            raise StorageUnavailable(
+            raise Unavailable(
                 f"cannot reach PostgreSQL at {target.host}:{target.port}/{target.dbname} "
                 f"({first_line}); check --database-url"
             ) from None
@@ -61,6 +53,6 @@ def open_ledger(settings: Settings, *, clock: Clock | None = None) -> MissionLed
     except MissionLedgerError:
         raise
     except Exception as error:  # the library reports connection problems in many shapes
-        raise StorageUnavailable(
+        raise Unavailable(
             f"cannot open the event store ({type(error).__name__}: {error})"
         ) from error
