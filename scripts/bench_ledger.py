@@ -10,10 +10,13 @@ measures, each in a fresh schema (PostgreSQL) or data directory (SQLite):
   loop (each of the two is one command; a Mission is two commands);
 - ``ledger-nogc``: the same with group commit off, to show what group commit buys.
 
-It prints commands/s, p50/p99 latency per command and the ratio of commands/s to the baseline of
-the same backend and callers, then a PASS/MISS verdict for the target (PostgreSQL, 16 callers:
-ledger ≥ 2× baseline with p99 ≤ 50 ms), then the cost of loading a 1,000-event Mission with and
-without snapshots. The machine is shared and noisy, so read the ratios, not absolute figures.
+Each cell runs ``--rounds`` times, the variants alternating (in flipped order every round);
+commands/s is the median over rounds and latencies are pooled. It prints commands/s, p50/p99
+latency per command and the ratio of commands/s to the baseline of the same backend and callers,
+then a PASS/MISS verdict for the target (PostgreSQL, 16 callers: ledger ≥ 2× baseline with
+p99 ≤ 50 ms), then the cost of loading a 1,000-event Mission with snapshots, without them, and
+in the worst case between two snapshots. The machine is shared and noisy, so read the ratios,
+not absolute figures.
 """
 
 from __future__ import annotations
@@ -168,6 +171,35 @@ class _Recorder:
     first_error: str = ""
 
 
+def _machine_busy() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+@dataclass
+class CpuUse:
+    """CPU used during measured windows, in cores: this process, and the whole machine."""
+
+    own: float = 0.0
+    machine: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, own: float, machine: float, seconds: float) -> None:
+        self.own += own
+        self.machine += machine
+        self.seconds += seconds
+
+
+CPU = CpuUse()
+
+
 def drive(
     callers: int,
     warmup: float,
@@ -195,8 +227,13 @@ def drive(
     barrier.wait()
     start = time.perf_counter() + warmup
     end = start + seconds
+    time.sleep(max(0.0, start - time.perf_counter()))
+    own0, machine0 = time.process_time(), _machine_busy()
     time.sleep(max(0.0, end - time.perf_counter()))
+    own1, machine1 = time.process_time(), _machine_busy()
     stop.set()
+    if machine0 is not None and machine1 is not None:
+        CPU.add(own1 - own0, machine1[0] - machine0[0], seconds)
     for thread in threads:
         thread.join(timeout=60)
     return recorders, start, end
@@ -335,50 +372,61 @@ def merge(rounds: list[CellResult]) -> CellResult:
 # -- loading a long Mission ----------------------------------------------------------------------
 
 
-def _build_long_mission(ledger: MissionLedger, events: int, *, via_commands: bool) -> str:
+def _new_mission(ledger: MissionLedger) -> str:
     doc = proposal_document(0, 0)
     pid = ledger.propose(doc, actor=doc["agent"]).document["proposal_id"]
-    mid = str(ledger.approve(pid, actor="human:approver").document["mission_id"])
+    return str(ledger.approve(pid, actor="human:approver").document["mission_id"])
+
+
+def _grow_mission(ledger: MissionLedger, mid: str, to_version: int, *, via_commands: bool) -> None:
+    """Suspend/resume the Mission until it has ``to_version`` events (odd versions: active)."""
     if via_commands:  # the real write path, so the ledger takes its own snapshots
-        for version in range(2, events + 1):
+        for version in range(ledger.get_mission(mid).version + 1, to_version + 1):
             if version % 2 == 0:
                 ledger.suspend(mid, actor="human:operator", reason="bench")
             else:
                 ledger.resume(mid, actor="human:operator", reason="bench")
-        return mid
+        return
     # Without snapshots every command would replay the whole stream (quadratic set-up time), so
     # record the same events on one loaded aggregate and save them in chunks.
     mission = ledger.get_mission(mid)
-    while mission.version < events:
+    while mission.version < to_version:
         now = ledger.clock.now()
         if mission.version % 2 == 1:
             mission.suspend(actor="human:operator", now=now, reason="bench")
         else:
             mission.resume(actor="human:operator", now=now, reason="bench")
-        if mission.version % 100 == 0 or mission.version == events:
+        if mission.version % 100 == 0 or mission.version == to_version:
             ledger.save(mission)
-    return mid
+
+
+def _median_load_ms(ledger: MissionLedger, mid: str, loads: int) -> float:
+    for _ in range(min(10, loads)):
+        ledger.get_mission(mid)
+    timings = []
+    for _ in range(loads):
+        t0 = time.perf_counter()
+        ledger.get_mission(mid)
+        timings.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(timings)
 
 
 def measure_load(
-    backend: str, base_url: str | None, events: int, loads: int, snapshot_interval: int
-) -> tuple[float, int]:
-    """Median ms of ``get_mission`` on a fresh ``events``-event Mission; and its version."""
+    backend: str, base_url: str | None, versions: list[int], loads: int, snapshot_interval: int
+) -> list[float]:
+    """Median ms of ``get_mission`` on one fresh Mission as it grows to each of ``versions``."""
+    timings: list[float] = []
     with fresh_settings(backend, base_url, snapshot_interval=snapshot_interval) as settings:
         ledger = open_ledger(settings)
         try:
-            mid = _build_long_mission(ledger, events, via_commands=snapshot_interval > 0)
-            version = ledger.get_mission(mid).version
-            for _ in range(min(10, loads)):
-                ledger.get_mission(mid)
-            timings = []
-            for _ in range(loads):
-                t0 = time.perf_counter()
-                ledger.get_mission(mid)
-                timings.append((time.perf_counter() - t0) * 1000.0)
+            mid = _new_mission(ledger)
+            for version in versions:
+                _grow_mission(ledger, mid, version, via_commands=snapshot_interval > 0)
+                assert ledger.get_mission(mid).version == version
+                timings.append(_median_load_ms(ledger, mid, loads))
         finally:
             ledger.close()
-    return statistics.median(timings), version
+    return timings
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -528,25 +576,43 @@ def main(argv: list[str] | None = None) -> int:
         print(format_row(r))
     print()
     print(verdict(results))
+    if CPU.seconds:
+        print(
+            f"CPU in the measured windows: this process {CPU.own / CPU.seconds:.2f} cores, the "
+            f"whole machine {CPU.machine / CPU.seconds:.2f} of {os.cpu_count()} (the rest is the "
+            "database and whatever else runs on the machine)"
+        )
 
     if args.skip_load:
         return 0
     print()
-    print(f"Loading a {args.events:,}-event Mission (get_mission, median of {args.loads} loads):")
+    interval = Settings().snapshot_interval
+    worst = args.events + interval - 1  # the most events replayed on top of a snapshot
+    print(
+        f"Loading a {args.events:,}-event Mission (get_mission, median of {args.loads} loads; "
+        f"snapshots every {interval} events, the ledger's default):"
+    )
+    print(
+        f"  {'backend':<9} {'snapshots':>10} {'no snapshots':>13} {'speed-up':>9}   "
+        f"{'v' + format(worst, ','):>10} (worst case: {interval - 1} events after a snapshot)"
+    )
+    verdicts = []
     for backend in args.backends:
         progress(f"long Mission on {backend}: with snapshots ...")
-        with_ms, version = measure_load(
-            backend, args.database_url, args.events, args.loads, Settings().snapshot_interval
+        with_ms, worst_ms = measure_load(
+            backend, args.database_url, [args.events, worst], args.loads, interval
         )
         progress(f"long Mission on {backend}: without snapshots ...")
-        without_ms, _ = measure_load(backend, args.database_url, args.events, args.loads, 0)
-        ok = "PASS" if with_ms < TARGET_LOAD_MS else "MISS"
+        (without_ms,) = measure_load(backend, args.database_url, [args.events], args.loads, 0)
         print(
-            f"  {backend:<9} with snapshots (every {Settings().snapshot_interval}) "
-            f"{with_ms:7.2f} ms   without {without_ms:7.2f} ms   "
-            f"({without_ms / with_ms:.0f}x)   version {version}   "
-            f"target < {TARGET_LOAD_MS:g} ms: {ok}"
+            f"  {backend:<9} {with_ms:7.2f} ms {without_ms:10.2f} ms "
+            f"{without_ms / with_ms:8.0f}x   {worst_ms:7.2f} ms"
         )
+        verdicts.append(
+            f"{backend} {'PASS' if with_ms < TARGET_LOAD_MS else 'MISS'} ({with_ms:.2f} ms; "
+            f"worst case {worst_ms:.2f} ms {'PASS' if worst_ms < TARGET_LOAD_MS else 'MISS'})"
+        )
+    print(f"load target (< {TARGET_LOAD_MS:g} ms with snapshots): " + "; ".join(verdicts))
     return 0
 
 

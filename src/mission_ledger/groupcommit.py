@@ -35,7 +35,8 @@ SaveFn = Callable[[Sequence[Any]], list[Recording[Any]]]
 class _Unit:
     events: Sequence[Any]
     keys: frozenset[Any]
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # finished, or handed the lead
+    finished: bool = False
     recordings: list[Recording[Any]] | None = None
     error: BaseException | None = None
 
@@ -66,16 +67,29 @@ class GroupCommitter:
             if lead:
                 self._leading = True
         if lead:
-            self._lead()
-        unit.done.wait()
+            self._lead(unit)
+        while not unit.finished:
+            unit.done.wait()
+            if not unit.finished:  # the previous leader's commit is done: lead from here
+                unit.done.clear()
+                self._lead(unit)
         if unit.error is not None:
             raise unit.error
         assert unit.recordings is not None
         return unit.recordings
 
-    def _lead(self) -> None:
+    def _lead(self, own: _Unit) -> None:
+        """Write batches until ``own`` is committed, then hand the lead to the next caller.
+
+        Handing off returns this caller to its own work at once instead of making it write
+        everyone else's batches (its latency would grow with the load); the successor's caller
+        was blocked waiting anyway.
+        """
         while True:
             with self._lock:
+                if own.finished and self._queue:
+                    self._queue[0].done.set()
+                    return
                 batch = self._take_batch()
                 if not batch:
                     self._leading = False
@@ -110,6 +124,7 @@ class GroupCommitter:
         except BaseException as error:  # the store failed: every caller learns why
             for unit in batch:
                 unit.error = error
+                unit.finished = True
                 unit.done.set()
             return
         by_event = {
@@ -119,6 +134,7 @@ class GroupCommitter:
             unit.recordings = [
                 by_event[(e.originator_id, e.originator_version)] for e in unit.events
             ]
+            unit.finished = True
             unit.done.set()
 
     def _write_one(self, unit: _Unit) -> None:
@@ -126,4 +142,5 @@ class GroupCommitter:
             unit.recordings = self._save(unit.events)
         except BaseException as error:
             unit.error = error
+        unit.finished = True
         unit.done.set()

@@ -21,7 +21,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    project_aggregate,
+)
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import IntegrityError, Recording
 
@@ -190,7 +195,13 @@ class MissionLedger(Application[UUID]):
     # -- infrastructure ---------------------------------------------------------------------------
 
     def _save_events(self, events: Sequence[Any]) -> list[Recording[UUID]]:
-        return self.save(*events)
+        # Application.save() minus its per-object runtime-protocol checks (costly, and we hand
+        # it events only) and its interval snapshots (see _snapshot_if_due).
+        processing = ProcessingEvent[UUID]()
+        processing.events.extend(events)
+        recordings = self._record(processing)
+        self._notify(recordings)
+        return recordings
 
     def _commit(self, aggregates: Sequence[ChainedAggregate]) -> int | None:
         """Commit every pending event of ``aggregates`` in one transaction; return the position."""
@@ -549,8 +560,7 @@ class MissionLedger(Application[UUID]):
         while queue:
             child = self.get_mission(queue.pop(0))
             if child.effective_state(now) == SUSPENDED:
-                if child.suspended_by != str(mission.id):
-                    queue.extend(entry["mission_id"] for entry in child.children)
+                if child.suspended_by is None:
                     continue
                 child.resume(
                     actor=actor,
@@ -677,18 +687,17 @@ class MissionLedger(Application[UUID]):
             parent = self.get_mission(pid)
             self._expect(parent, expected_version, "Mission")
             authority = parse_authority_set(authority_set, allow_wildcard=True)
-            live: dict[int, int] = {}
-            for entry in parent.children:
-                child = self.get_mission(entry["mission_id"])
-                if child.effective_state(now) in LIVE_STATES:
-                    index = int(entry["justifying_entry"])
-                    live[index] = live.get(index, 0) + 1
+            live = [
+                (child.agent, child.authority())
+                for child in (self.get_mission(e["mission_id"]) for e in parent.children)
+                if child.effective_state(now) in LIVE_STATES
+            ]
             child = parent.delegate(
                 child_id=uuid4(),
                 child_agent=agent,
                 authority=authority,
                 expires_at=parse_rfc3339(expires_at, field="expires_at") if expires_at else None,
-                live_children_per_entry=live,
+                live_children=live,
                 actor=actor,
                 now=now,
             )

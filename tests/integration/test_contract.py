@@ -791,11 +791,6 @@ def test_a_resumed_parent_leaves_the_subtree_of_a_still_suspended_child_suspende
     assert last_event(ledger, grandchild)["cause"]["mission_id"] == child
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fanout is counted by the justifying entry's index at delegation time; narrowing "
-    "the parent shifts indices, so live children stop counting against their entry",
-)
 def test_narrowing_a_parent_keeps_its_fanout_limit(ledger: MissionLedger) -> None:
     mail = entry(["mail.send"], resource=MAIL)
     parent = open_mission(ledger, authority_set=[mail, delegating_entry(max_children=1)])

@@ -10,7 +10,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mission_ledger.domain.canonical import MAX_EXACT_INT, canonicalize, dumps
+from mission_ledger.domain.canonical import MAX_EXACT_INT, canonicalize, dumps, dumps_general
 
 SAFE_INT = 2**53 - 1  # rfc8785 (the reference) stops at the I-JSON safe range
 
@@ -38,6 +38,20 @@ def _json(int_bound: int) -> st.SearchStrategy[Any]:
 @given(_json(SAFE_INT))
 def test_matches_the_rfc8785_package(value: Any) -> None:
     assert canonicalize(value) == rfc8785.dumps(value)
+
+
+@settings(max_examples=500)
+@given(_json(MAX_EXACT_INT))
+def test_fast_path_equals_the_general_serializer(value: Any) -> None:
+    # canonicalize() tries the C json encoder first and falls back when it could differ
+    # (floats, huge ints, tuples, non-BMP characters); both must give the same bytes.
+    assert canonicalize(value) == dumps_general(value).encode("utf-8")
+
+
+def test_fast_path_falls_back_where_the_json_module_differs() -> None:
+    assert dumps({"a": 1.0, "b": 1e21, "c": 5e-7}) == '{"a":1,"b":1e+21,"c":5e-7}'
+    assert dumps({"\U0001f600": 1, "\ufb33": 2}) == '{"\U0001f600":1,"\ufb33":2}'
+    assert dumps(("x", (1, 2))) == '["x",[1,2]]'
 
 
 @settings(max_examples=500)

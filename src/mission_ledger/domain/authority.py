@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -106,6 +106,7 @@ _PRINCIPAL_KINDS = ("sub", "sub_profile")
 _MAX_INT = 2**53
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_URI_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
     r"(?:\.(?P<frac>[0-9]+))?(?P<tz>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
@@ -194,6 +195,13 @@ def _copy_json(value: Any) -> Any:
 
 
 def _copy_object(value: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        try:  # the C json module deep-copies a plain JSON object several times faster
+            copied: dict[str, Any] = json.loads(json.dumps(value, ensure_ascii=False))
+        except (TypeError, ValueError):
+            pass
+        else:
+            return copied
     return {name: _copy_json(member) for name, member in value.items()}
 
 
@@ -281,7 +289,7 @@ def parse_entry(raw: object, *, allow_wildcard: bool, field: str) -> AuthorityEn
 
 def _parse_resource(value: object, path: str) -> str:
     resource = _string(value, path, "resource")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in resource):
+    if _URI_FORBIDDEN.search(resource):
         raise InvalidAuthority(
             f"resource {resource!r} contains whitespace or control characters, which a URI "
             "cannot; percent-encode them",
@@ -724,6 +732,47 @@ class DelegationPlan:
     justifying_entry: int
 
 
+def _candidates(parent: AuthoritySet, child_agent: str) -> list[tuple[int, AuthorityEntry]]:
+    """The parent entries whose ``delegation.children`` admit ``child_agent``, in order."""
+    return [
+        (i, entry)
+        for i, entry in enumerate(parent.entries)
+        if entry.delegation is not None
+        and entry.delegation.children is not None
+        and child_agent in entry.delegation.children.allowed_child_actors
+    ]
+
+
+def _first_covering(candidates: Sequence[tuple[int, AuthorityEntry]], child: AuthoritySet) -> int:
+    """The first candidate covering at least one child entry (the drafts' justifying entry)."""
+    return next(
+        (
+            i
+            for i, parent_entry in candidates
+            if any(entry_covers(parent_entry, c, delegating=True) is None for c in child.entries)
+        ),
+        candidates[0][0],  # a child the parent no longer covers counts against the first
+    )
+
+
+def live_children_per_entry(
+    parent: AuthoritySet, live_children: Iterable[tuple[str, AuthoritySet]]
+) -> dict[int, int]:
+    """How many live children count against each entry of the parent's *current* Set.
+
+    Each live child (its agent and Authority Set) counts against exactly one justifying entry,
+    found as :func:`plan_delegation` finds it, so the count stays right after the parent has been
+    narrowed and its entries have moved. A child no entry admits any more is not counted.
+    """
+    counts: dict[int, int] = {}
+    for agent, child in live_children:
+        candidates = _candidates(parent, agent)
+        if candidates:
+            index = _first_covering(candidates, child)
+            counts[index] = counts.get(index, 0) + 1
+    return counts
+
+
 def plan_delegation(
     parent: AuthoritySet,
     child: AuthoritySet,
@@ -748,11 +797,7 @@ def plan_delegation(
             "no entry of the parent's Authority Set carries delegation.children, so it may not "
             "create child Missions; ask an approver for a Mission that permits children",
         )
-    candidates = [
-        (i, parent.entries[i])
-        for i, policy in children_of.items()
-        if child_agent in policy.allowed_child_actors
-    ]
+    candidates = _candidates(parent, child_agent)
     if not candidates:
         raise DelegationDenied(
             "child_actor_not_allowed",
@@ -769,14 +814,7 @@ def plan_delegation(
                 f"for {child_agent!r} ({reason}); narrow it",
                 child_entry=index,
             )
-    justifying = next(
-        (
-            i
-            for i, parent_entry in candidates
-            if any(entry_covers(parent_entry, c, delegating=True) is None for c in child.entries)
-        ),
-        candidates[0][0],  # only for a hand-built empty child Set, which parsing never yields
-    )
+    justifying = _first_covering(candidates, child)
     limit = children_of[justifying].max_children
     live = live_children_per_entry.get(justifying, 0)
     if limit is not None and live >= limit:

@@ -21,9 +21,11 @@ Array order is kept. Refusals raise :class:`ValueError` (bad values) or :class:`
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
-__all__ = ["MAX_EXACT_INT", "canonicalize", "dumps"]
+__all__ = ["MAX_EXACT_INT", "canonicalize", "dumps", "dumps_general"]
 
 #: Largest magnitude an ``int`` may have: JCS numbers are IEEE-754 doubles (RFC 8785 §3.2.2.3),
 #: and every integer up to 2**53 in magnitude is exactly representable as one.
@@ -128,13 +130,67 @@ def _serialize(value: object, out: list[str]) -> None:
         raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
+class _NotFast(Exception):
+    """The value needs the general serializer (floats, huge integers)."""
+
+
+def _refuse_float(_: str) -> float:
+    raise _NotFast
+
+
+def _check_int(text: str) -> int:
+    number = int(text)
+    if len(text) > 15 and abs(number) > MAX_EXACT_INT:
+        raise _NotFast
+    return number
+
+
+_FAST_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+_FAST_DECODER = json.JSONDecoder(parse_float=_refuse_float, parse_int=_check_int)
+_FOUR_BYTE_UTF8 = re.compile(rb"[\xf0-\xf4]")
+
+
+def _fast(value: object) -> bytes | None:
+    """The C ``json`` encoder's output when it provably equals JCS, else ``None``.
+
+    With sorted keys, no whitespace and ``ensure_ascii=False`` the standard encoder escapes
+    strings exactly as §3.2.2.2 does and writes integers as JCS does. It differs only for floats
+    (layout), integers beyond 2**53 (refused by JCS), non-``str`` member names (converted),
+    tuples (fine, but not round-trippable), lone surrogates (not UTF-8) and characters outside the
+    BMP (code-point order is not UTF-16 order for member names). Decoding the output again and
+    comparing it with the input, and looking for 4-byte UTF-8 sequences, rule all of these out at
+    C speed; anything else goes to the general serializer.
+    """
+    try:
+        text = _FAST_ENCODER.encode(value)
+        data = text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return None
+    if not text.isascii() and _FOUR_BYTE_UTF8.search(data):
+        return None
+    try:
+        if _FAST_DECODER.decode(text) != value:
+            return None
+    except _NotFast:
+        return None
+    return data
+
+
 def canonicalize(value: object) -> bytes:
     """Return the RFC 8785 canonical form of ``value`` as UTF-8 bytes."""
-    return dumps(value).encode("utf-8")
+    fast = _fast(value)
+    return fast if fast is not None else dumps_general(value).encode("utf-8")
 
 
 def dumps(value: object) -> str:
     """Return the RFC 8785 canonical form of ``value`` as a ``str``."""
+    return canonicalize(value).decode("utf-8")
+
+
+def dumps_general(value: object) -> str:
+    """The general serializer, every rule of RFC 8785 spelled out (``dumps`` tries a fast path)."""
     out: list[str] = []
     _serialize(value, out)
     return "".join(out)

@@ -18,6 +18,7 @@ here changes exactly one aggregate and validates before it records anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .authority import (
     Evaluation,
     authority_diff,
     evaluate,
+    live_children_per_entry,
     parse_authority_set,
     plan_delegation,
     subset_violation,
@@ -396,7 +398,7 @@ class Mission(ChainedAggregate):
         child_agent: str,
         authority: AuthoritySet,
         expires_at: datetime | None,
-        live_children_per_entry: dict[int, int],
+        live_children: Sequence[tuple[str, AuthoritySet]],
         actor: str,
         now: datetime,
     ) -> Mission:
@@ -422,7 +424,7 @@ class Mission(ChainedAggregate):
             self.authority(),
             authority,
             child_agent=child_agent,
-            live_children_per_entry=live_children_per_entry,
+            live_children_per_entry=live_children_per_entry(self.authority(), live_children),
         )
         _check_stage_constraints(authority, self.stages)
         child_json = authority.to_json()
