@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -16,3 +17,9 @@ class PgTarget:
 
     url: str
     schema: str
+
+    @property
+    def ledger_url(self) -> str:
+        """The ledger's own URL form (``--database-url``): the same database plus ``?schema=``."""
+        parts = urlsplit(self.url)
+        return f"postgresql://{parts.netloc}{parts.path}?schema={self.schema}"

@@ -46,7 +46,7 @@ class Settings:
     actor: str = "operator"
     group_commit: bool = True
     snapshot_interval: int = 100
-    postgres_pool_size: int = 8
+    postgres_pool_size: int = 4
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -138,10 +138,10 @@ class Settings:
                 POSTGRES_PASSWORD=target.password,
                 POSTGRES_SCHEMA=target.schema,
                 POSTGRES_POOL_SIZE=str(self.postgres_pool_size),
-                POSTGRES_MAX_OVERFLOW="8",
+                POSTGRES_MAX_OVERFLOW=str(self.postgres_pool_size),
                 POSTGRES_LOCK_TIMEOUT="5",
                 POSTGRES_CONNECT_TIMEOUT="10",
-                POSTGRES_PRE_PING="y",
+                POSTGRES_PRE_PING="n",
                 # Never enable POSTGRES_ENABLE_DB_FUNCTIONS: on eventsourcing 9.5.6 it skips the
                 # table lock (readers miss events) and shares one insert function per schema.
                 POSTGRES_ENABLE_DB_FUNCTIONS="n",

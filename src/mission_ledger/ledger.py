@@ -14,11 +14,13 @@ command's events and returned again for the same key and body.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import (
@@ -28,14 +30,14 @@ from eventsourcing.application import (
     project_aggregate,
 )
 from eventsourcing.domain import Snapshot
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, Recording
 
 from .clock import Clock, SystemClock
 from .config import Settings
 from .domain.authority import parse_authority_set
 from .domain.canonical import canonicalize
 from .domain.chain import ChainedAggregate
-from .domain.errors import InvalidInput, MissionConflict, NotFound
+from .domain.errors import InvalidInput, MissionConflict, MissionLedgerError, NotFound
 from .domain.idempotency import IdempotencyRecord, idempotency_record_id
 from .domain.mission import (
     ACTIVE,
@@ -46,9 +48,12 @@ from .domain.mission import (
 )
 from .domain.proposal import PENDING, Proposal, parse_proposal_document
 from .domain.timefmt import format_rfc3339, parse_rfc3339
+from .errors import Unavailable
 from .groupcommit import GroupCommitter
 
 T = TypeVar("T", bound=ChainedAggregate)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MISSION_TOPICS = tuple(
     cls.TOPIC
@@ -164,6 +169,30 @@ def _parse_id(value: str | UUID, kind: str) -> UUID:
         raise NotFound(f"no {kind} {value!r}: {kind} ids are UUIDs") from None
 
 
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Turn the event store's operational failures into :class:`Unavailable` (retryable)."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Unavailable(
+            f"the event store is unavailable ({first}); nothing was changed by this request "
+            "unless it reports success, so retry it (with the same idempotency key)"
+        ) from error
+
+
+def _reads_store(method: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a read so store failures surface as :class:`Unavailable`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _store_errors():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 def _fingerprint(command: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(canonicalize({"command": command, "args": args})).hexdigest()
 
@@ -229,6 +258,10 @@ class MissionLedger(Application[UUID]):
 
     def _get(self, cls: type[T], aggregate_id: UUID, kind: str, *, short: bool = False) -> T:
         """Load an aggregate; ``short`` streams (a few events) skip the snapshot lookup."""
+        with _store_errors():
+            return self._load(cls, aggregate_id, kind, short=short)
+
+    def _load(self, cls: type[T], aggregate_id: UUID, kind: str, *, short: bool) -> T:
         try:
             if short:  # one query instead of two: a snapshot could never save a replay here
                 agg: Any = project_aggregate(None, self.events.get(aggregate_id))
@@ -259,6 +292,18 @@ class MissionLedger(Application[UUID]):
         body: Callable[[datetime], tuple[list[ChainedAggregate], dict[str, Any], bool]],
     ) -> CommandResult:
         """Run one command: idempotency check → domain → one commit → result."""
+        with _store_errors():
+            return self._run_command(command, args, idempotency_key, actor, conflict_target, body)
+
+    def _run_command(
+        self,
+        command: str,
+        args: dict[str, Any],
+        idempotency_key: str | None,
+        actor: str,
+        conflict_target: tuple[UUID, str] | None,
+        body: Callable[[datetime], tuple[list[ChainedAggregate], dict[str, Any], bool]],
+    ) -> CommandResult:
         # Only an idempotent command needs the fingerprint (JCS + SHA-256 of every argument).
         fingerprint = _fingerprint(command, args) if idempotency_key is not None else ""
         if idempotency_key is not None:
@@ -266,7 +311,16 @@ class MissionLedger(Application[UUID]):
             if replay is not None:
                 return replay
         now = self.clock.now()
-        aggregates, document, changed = body(now)
+        try:
+            aggregates, document, changed = body(now)
+        except MissionLedgerError:
+            # A retry racing its own first attempt can see that attempt's effect (and be
+            # refused, e.g. resume on a now-active Mission) after missing its record above.
+            if idempotency_key is not None:
+                replay = self._replay(idempotency_key, command, fingerprint)
+                if replay is not None:
+                    return replay
+            raise
         if idempotency_key is not None:
             aggregates = [
                 *aggregates,
@@ -744,6 +798,7 @@ class MissionLedger(Application[UUID]):
 
     # -- the clock --------------------------------------------------------------------------------
 
+    @_reads_store
     def expire_due(self, *, actor: str = DEFAULT_SYSTEM_ACTOR) -> ExpiryReport:
         """Record every expiry and ``suspend_until`` deadline that has passed."""
         report = ExpiryReport()
@@ -828,6 +883,7 @@ class MissionLedger(Application[UUID]):
 
     # -- reads ------------------------------------------------------------------------------------
 
+    @_reads_store
     def catalog(self) -> tuple[dict[str, MissionSummary], dict[str, ProposalSummary]]:
         """Fold the notification log into a summary of every Mission and Proposal.
 
@@ -913,6 +969,7 @@ class MissionLedger(Application[UUID]):
         rows = [p for p in proposals.values() if state is None or p.effective_state(now) == state]
         return sorted(rows, key=lambda p: (p.created_at, p.proposal_id))
 
+    @_reads_store
     def history(self, mission_or_proposal_id: str | UUID) -> list[dict[str, Any]]:
         """Every event of a Mission (or Proposal), oldest first, with its hashes."""
         aggregate_id = _parse_id(mission_or_proposal_id, "Mission")
@@ -921,6 +978,7 @@ class MissionLedger(Application[UUID]):
             raise NotFound(f"no Mission or proposal {aggregate_id}")
         return [event_document(e) for e in events]
 
+    @_reads_store
     def mission_as_of(
         self,
         mission_id: str | UUID,

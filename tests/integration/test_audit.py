@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import psycopg
@@ -233,11 +232,6 @@ def build(ledger: MissionLedger, clock: FixedClock) -> tuple[UUID, UUID, UUID]:
     return UUID(proposal), UUID(mission), UUID(child)
 
 
-def _postgres_url(target: PgTarget) -> str:
-    parts = urlsplit(target.url)
-    return f"postgresql://{parts.netloc}{parts.path}?schema={target.schema}"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     clock = FixedClock(START)
@@ -249,7 +243,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         target: PgTarget = request.getfixturevalue("postgres_schema_url")
         settings = Settings(
             data_dir=tmp_path / "data",
-            database_url=_postgres_url(target),
+            database_url=target.ledger_url,
             snapshot_interval=5,
             postgres_pool_size=2,
         )

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -200,14 +199,7 @@ def test_walkthrough_on_sqlite(cli: Cli) -> None:
 def test_walkthrough_on_postgres(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, postgres_schema_url: PgTarget
 ) -> None:
-    parts = urlsplit(postgres_schema_url.url)
-    credentials = parts.username or "postgres"
-    if parts.password:
-        credentials += f":{parts.password}"
-    url = (
-        f"postgresql://{credentials}@{parts.hostname or '127.0.0.1'}:{parts.port or 5432}"
-        f"{parts.path}?schema={postgres_schema_url.schema}"
-    )
+    url = postgres_schema_url.ledger_url
     cli = Cli(capsys, ["--database-url", url], tmp_path)
     walkthrough(cli)
     assert len(cli.ok("list")["missions"]) == 2

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
 from uuid import UUID
 
 import pytest
@@ -95,16 +94,6 @@ class Backend:
         return ledger
 
 
-def _ledger_url(target: PgTarget) -> str:
-    """The ledger's own URL form: host, port and database of the target plus ``?schema=``."""
-    parts = urlsplit(target.url)
-    auth = quote(unquote(parts.username or "postgres"), safe="")
-    if parts.password:
-        auth += ":" + quote(unquote(parts.password), safe="")
-    host = parts.hostname or "127.0.0.1"
-    return f"postgresql://{auth}@{host}:{parts.port or 5432}{parts.path}?schema={target.schema}"
-
-
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
     name: str = request.param
@@ -114,7 +103,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
         settings = Settings(data_dir=tmp_path / "data")
     else:
         target: PgTarget = request.getfixturevalue("postgres_schema_url")
-        settings = Settings(database_url=_ledger_url(target), postgres_pool_size=4)
+        settings = Settings(database_url=target.ledger_url, postgres_pool_size=4)
     opened = Backend(name=name, settings=settings, clock=FixedClock(T0))
     try:
         yield opened
@@ -1252,6 +1241,24 @@ def test_a_key_raced_by_a_rival_is_written_once(
     assert loser.document == winner.document
     assert written_since(ledger, before) == 2  # the proposal and the idempotency record
     assert len(ledger.list_proposals()) == 1
+
+
+def test_a_retry_that_sees_its_first_attempt_replays_it(
+    ledger: MissionLedger, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mission = open_mission(ledger)
+    ledger.suspend(mission, actor=OPERATOR)
+    # the first attempt commits after the retry looked for its record but before it loads
+    racing = _RacingClock(
+        clock, lambda: ledger.resume(mission, actor=OPERATOR, idempotency_key="k-resume")
+    )
+    monkeypatch.setattr(ledger, "clock", racing)
+    before = position(ledger)
+    retry = ledger.resume(mission, actor=OPERATOR, idempotency_key="k-resume")
+    assert retry.replayed
+    assert retry.document == racing.rival_result.document
+    assert written_since(ledger, before) == 2  # the resume and its idempotency record
+    assert (state(ledger, mission), version(ledger, mission)) == ("active", 3)
 
 
 def test_threads_racing_with_one_key_write_once(ledger: MissionLedger) -> None:

@@ -1,8 +1,10 @@
 """Properties of attenuation: ⊆ is a preorder, and a subset never allows what its parent refuses.
 
 Authority Sets are drawn from small alphabets so that coverage between entries is common. Child
-Sets are drawn either independently (and filtered) or by narrowing a parent entry by entry, so
-that both "obviously a subset" and "subset by coincidence" pairs are exercised.
+Sets are drawn independently (and filtered), by narrowing a parent entry by entry, or by
+narrowing and then redrawing one aspect of one entry, so that pairs just inside and just outside
+the subset relation are both common. Pattern coverage is checked against ``fnmatch`` as an
+oracle that shares no code with the module under test.
 """
 
 from __future__ import annotations

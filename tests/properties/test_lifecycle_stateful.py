@@ -89,7 +89,7 @@ class Model:
     suspend_until: str | None = None
     on_expiry: str | None = None
     children: list[str] = field(default_factory=list)
-    justifying: int | None = None
+    agent: str = "agent-1"
     parent_authority: list[dict[str, Any]] | None = None  # the parent's, when delegated
 
 
@@ -230,8 +230,8 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def model_delegate(
         self, parent_id: str, agent: str, child: list[dict[str, Any]], expiry: datetime
-    ) -> int:
-        """The justifying entry of an allowed child; raises :class:`Refused` otherwise."""
+    ) -> None:
+        """Raise :class:`Refused` unless the child is allowed."""
         parent = self.missions[parent_id]
         if self.effective(parent_id) != "active":
             raise Refused(DelegationDenied, mission_denial_reason="parent_not_active")
@@ -251,16 +251,27 @@ class LifecycleMachine(RuleBasedStateMachine):
         justifying = next(
             i for i in candidates if any(_within_for_child(entries[i], c) for c in child)
         )
-        live = sum(
-            1
-            for sibling in parent.children
-            if self.missions[sibling].justifying == justifying and self.effective(sibling) in LIVE
-        )
+        # live siblings count against the parent's *current* entries: each against the first
+        # entry admitting its agent that still covers one of its entries (else the first one)
+        live = 0
+        for sibling in parent.children:
+            model = self.missions[sibling]
+            admitting = [i for i, e in enumerate(entries) if _allowed(e, model.agent)]
+            if not admitting or self.effective(sibling) not in LIVE:
+                continue
+            counted = next(
+                (
+                    i
+                    for i in admitting
+                    if any(_within_for_child(entries[i], c) for c in model.authority)
+                ),
+                admitting[0],
+            )
+            live += counted == justifying
         policy = _children_policy(entries[justifying])
         assert policy is not None
         if live >= policy.get("max_children", live + 1):
             raise Refused(DelegationDenied, mission_denial_reason="fanout_exceeded")
-        return justifying
 
     def model_expire_due(self) -> None:
         for mission_id, m in self.missions.items():
@@ -314,12 +325,31 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------------------------
 
-    @initialize(days=st.integers(2, 6))
-    def first_root(self, days: int) -> None:
+    @initialize(days=st.integers(3, 8), shape=st.sampled_from(["root", "chain", "fan", "tree"]))
+    def first_tree(self, days: int, shape: str) -> None:
+        """Start from a small tree, so that cascades have descendants to reach."""
         self.open_root(days)
+        root = next(iter(self.missions))
+        if shape in ("chain", "tree"):
+            child = self.grow(root, "agent-2")
+            grandchild = self.grow(child, "agent-3")
+            if shape == "chain":
+                self.grow(grandchild, "agent-2")
+        if shape in ("fan", "tree"):
+            self.grow(root, "agent-3")
 
-    @precondition(lambda self: self.roots < 3)
-    @rule(days=st.integers(1, 6))
+    def grow(self, parent_id: str, agent: str) -> str:
+        """A child with the parent's delegable entry, one delegation level down."""
+        entry = copy.deepcopy(self.missions[parent_id].authority[0])
+        entry["delegation"]["max_depth"] -= 1
+        if entry["delegation"]["max_depth"] < 1:
+            del entry["delegation"]
+        child = self.delegate_child(parent_id, agent, [entry], 0)
+        assert child is not None
+        return child
+
+    @precondition(lambda self: self.roots < 2)
+    @rule(days=st.integers(1, 8))
     def open_root(self, days: int) -> None:
         self.roots += 1
         expires_at = self.now + days * DAY
@@ -338,8 +368,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         mission = self.ledger.approve(proposal, actor="approver").document["mission_id"]
         self.missions[mission] = Model(None, expires_at, copy.deepcopy(ROOT_AUTHORITY))
 
-    def pick(self, data: st.DataObject) -> str:
-        return data.draw(st.sampled_from(list(self.missions)), label="mission")
+    def pick(self, data: st.DataObject, *states: str) -> str:
+        """A Mission: usually one in ``states``, often one with children (where cascades
+        happen), sometimes any at all (so that refusals are exercised too)."""
+        focus = [m for m in self.missions if self.effective(m) in states]
+        inner = [m for m in focus if self.missions[m].children]
+        choice = data.draw(st.integers(0, 3), label="focus")
+        pool = inner if choice >= 2 and inner else focus if choice >= 1 and focus else None
+        return data.draw(st.sampled_from(pool or list(self.missions)), label="mission")
 
     def attenuate(
         self, data: st.DataObject, authority: list[dict[str, Any]], *, plausible: bool = False
@@ -379,16 +415,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         plausible=st.booleans(),
     )
     def delegate(self, data: st.DataObject, agent: str, expiry: int, plausible: bool) -> None:
-        parent_id = self.pick(data)
+        parent_id = self.pick(data, "active")
+        child = self.attenuate(data, self.missions[parent_id].authority, plausible=plausible)
+        self.delegate_child(parent_id, agent, child, expiry)
+
+    def delegate_child(
+        self, parent_id: str, agent: str, child: list[dict[str, Any]], expiry: int
+    ) -> str | None:
+        """Delegate (model and ledger); ``expiry`` 0 is the parent's (the default), > 0 hours
+        later than the parent's, < 0 hours earlier. Returns the child, or None if refused."""
         parent = self.missions[parent_id]
-        child = self.attenuate(data, parent.authority, plausible=plausible)
-        # 0: the parent's expiry (the default); > 0: later than the parent; < 0: hours earlier
         child_expiry = parent.expires_at + expiry * HOUR
         given = None if expiry == 0 else format_rfc3339(child_expiry)
-        justifying: list[int] = []
 
         def predict() -> None:
-            justifying.append(self.model_delegate(parent_id, agent, child, child_expiry))
+            self.model_delegate(parent_id, agent, child, child_expiry)
 
         result = self.run(
             predict,
@@ -397,19 +438,20 @@ class LifecycleMachine(RuleBasedStateMachine):
             ),
         )
         if result is None:
-            return
+            return None
         self.delegated += 1
-        child_id = result.document["mission_id"]
+        child_id = str(result.document["mission_id"])
         parent.children.append(child_id)
         parent.version += 1
         self.missions[child_id] = Model(
             parent_id,
             child_expiry,
             child,
-            justifying=justifying[0],
+            agent=agent,
             parent_authority=copy.deepcopy(parent.authority),
         )
         assert result.document["parent"]["depth"] == self.depth(child_id)
+        return child_id
 
     def depth(self, mission_id: str) -> int:
         parent, depth = self.missions[mission_id].parent, 0
@@ -425,7 +467,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         on_expiry=st.sampled_from(["resume", "revoke"]),
     )
     def suspend(self, data: st.DataObject, until: int | None, on_expiry: str) -> None:
-        mission_id = self.pick(data)
+        mission_id = self.pick(data, "active", "suspended")
         until_text = format_rfc3339(self.now + until * HOUR) if until is not None else None
         policy = on_expiry if until is not None else None
         self.run(
@@ -435,10 +477,36 @@ class LifecycleMachine(RuleBasedStateMachine):
             ),
         )
 
+    @precondition(lambda self: any(self.effective(m) == "suspended" for m in self.missions))
+    @rule(
+        data=st.data(),
+        until=st.integers(1, 72),
+        on_expiry=st.sampled_from(["resume", "revoke"]),
+    )
+    def reschedule(self, data: st.DataObject, until: int, on_expiry: str) -> None:
+        """Give a suspended Mission (often one suspended by an ancestor) its own deadline."""
+        mission_id = self.pick(data, "suspended")
+        until_text = format_rfc3339(self.now + until * HOUR)
+        self.run(
+            lambda: self.model_suspend(mission_id, until_text, on_expiry),
+            lambda: self.ledger.suspend(
+                mission_id, actor="operator", until=until_text, on_expiry=on_expiry
+            ),
+        )
+
     @precondition(lambda self: self.missions)
     @rule(data=st.data())
     def resume(self, data: st.DataObject) -> None:
-        mission_id = self.pick(data)
+        # often the top of a suspended subtree: the resume that cascades
+        tops = [
+            m
+            for m, model in self.missions.items()
+            if self.effective(m) == "suspended" and model.suspended_by is None and model.children
+        ]
+        if tops and data.draw(st.booleans(), label="top"):
+            mission_id = data.draw(st.sampled_from(tops), label="mission")
+        else:
+            mission_id = self.pick(data, "suspended")
         self.run(
             lambda: self.model_resume(mission_id),
             lambda: self.ledger.resume(mission_id, actor="operator"),
@@ -447,7 +515,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.missions)
     @rule(data=st.data(), operation=st.sampled_from(["revoke", "complete"]))
     def end(self, data: st.DataObject, operation: str) -> None:
-        mission_id = self.pick(data)
+        mission_id = self.pick(data, "active", "suspended")
         target = {"revoke": "revoked", "complete": "completed"}[operation]
         self.run(
             lambda: self.model_end(mission_id, target),
@@ -455,38 +523,30 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.missions)
-    @rule(data=st.data())
-    def narrow(self, data: st.DataObject) -> None:
-        mission_id = self.pick(data)
+    @rule(data=st.data(), widen=st.integers(0, 3))
+    def narrow(self, data: st.DataObject, widen: int) -> None:
+        """Narrow in place; one time in four try to widen instead (always refused)."""
+        mission_id = self.pick(data, "active", "suspended")
         m = self.missions[mission_id]
-        narrowed = self.attenuate(data, m.authority)
+        if widen == 0:
+            proposed = copy.deepcopy(m.authority)
+            proposed[0]["actions"] = [*proposed[0]["actions"], "delete"]
+        else:
+            proposed = self.attenuate(data, m.authority)
 
         def predict() -> None:
             state = self.effective(mission_id)
             if state not in LIVE:
                 raise Refused(IllegalTransition, current_state=state)
-            if narrowed != m.authority:
-                m.authority = narrowed
+            if widen == 0:
+                raise Refused(InvalidAuthority, field="authority_set")
+            if proposed != m.authority:
+                m.authority = proposed
                 m.version += 1
 
-        self.run(predict, lambda: self.ledger.narrow(mission_id, narrowed, actor="agent-1"))
+        self.run(predict, lambda: self.ledger.narrow(mission_id, proposed, actor="agent-1"))
 
-    @precondition(lambda self: self.missions)
-    @rule(data=st.data())
-    def widen(self, data: st.DataObject) -> None:
-        mission_id = self.pick(data)
-        wider = copy.deepcopy(self.missions[mission_id].authority)
-        wider[0]["actions"] = [*wider[0]["actions"], "delete"]
-
-        def predict() -> None:
-            state = self.effective(mission_id)
-            if state not in LIVE:
-                raise Refused(IllegalTransition, current_state=state)
-            raise Refused(InvalidAuthority, field="authority_set")
-
-        self.run(predict, lambda: self.ledger.narrow(mission_id, wider, actor="agent-1"))
-
-    @rule(hours=st.integers(1, 72))
+    @rule(hours=st.integers(1, 36))
     def advance_clock_and_sweep(self, hours: int) -> None:
         self.clock.advance(hours * HOUR)
         self.run(self.model_expire_due, self.ledger.expire_due)
@@ -528,7 +588,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 LifecycleMachine.TestCase.settings = settings(
-    max_examples=1000,
+    max_examples=50,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
