@@ -1005,7 +1005,12 @@ class MissionLedger(Application[UUID]):
             upto = len(events)
         mission: Any = self.repository.get(mid, version=upto)
         assert isinstance(mission, Mission)
-        at = as_of if as_of is not None else events[upto - 1].timestamp
+        if as_of is not None:
+            at = as_of
+        elif version is not None:
+            at = events[upto - 1].timestamp  # the instant that version was committed
+        else:
+            at = self.clock.now()  # the current view: expiry is evaluated now
         document = mission.to_dict(at)
         document["as_of"] = format_rfc3339(at)
         document["rests_on"] = [

@@ -575,9 +575,15 @@ def test_stages_only_move_forward(ledger: MissionLedger, clock: FixedClock) -> N
 
 
 def test_entries_limited_to_an_unknown_stage_are_refused(ledger: MissionLedger) -> None:
-    staged = propose(ledger, stages=["plan"], authority_set=STAGED)
     refused = _raises_unchanged(
-        ledger, InvalidAuthority, lambda: ledger.approve(staged, actor=APPROVER)
+        ledger, InvalidAuthority, lambda: propose(ledger, stages=["plan"], authority_set=STAGED)
+    )
+    assert refused.field == "authority_set[1].constraints.stage"
+    plain = propose(ledger, stages=["plan"])
+    refused = _raises_unchanged(
+        ledger,
+        InvalidAuthority,
+        lambda: ledger.approve(plain, actor=APPROVER, authority_set=STAGED),
     )
     assert refused.field == "authority_set[1].constraints.stage"
     unstaged = open_mission(ledger)
@@ -1334,6 +1340,16 @@ def test_as_of_after_expiry_reads_expired(ledger: MissionLedger, clock: FixedClo
     mission = open_mission(ledger, expires_at=clock.now() + DAY)
     view = ledger.mission_as_of(mission, as_of=clock.now() + 2 * DAY)
     assert (view["state"], view["stored_state"], view["version"]) == ("expired", "active", 1)
+
+
+def test_the_current_view_evaluates_expiry_now(ledger: MissionLedger, clock: FixedClock) -> None:
+    mission = open_mission(ledger, expires_at=clock.now() + DAY)
+    clock.advance(2 * DAY)
+    view = ledger.mission_as_of(mission)
+    assert (view["state"], view["stored_state"]) == ("expired", "active")
+    assert view["as_of"] == format_rfc3339(clock.now())
+    pinned = ledger.mission_as_of(mission, version=1)
+    assert pinned["state"] == "active"  # as it was when version 1 was committed
 
 
 # ---------------------------------------------------------------------------------------------

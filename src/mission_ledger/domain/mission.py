@@ -44,7 +44,7 @@ from .errors import (
     InvalidAuthority,
     InvalidInput,
 )
-from .proposal import Proposal
+from .proposal import Proposal, check_stage_constraints
 from .timefmt import format_rfc3339, parse_rfc3339
 
 ACTIVE, SUSPENDED = "active", "suspended"
@@ -79,17 +79,6 @@ class ApprovalRequest:
 
 def _authority_hash(issuer: str, authority: list[dict[str, Any]]) -> str:
     return anchor(MISSION_AUTHORITY_SET, issuer, authority)
-
-
-def _check_stage_constraints(authority: AuthoritySet, stages: list[str] | None) -> None:
-    for i, entry in enumerate(authority.entries):
-        if entry.stage is not None and (stages is None or entry.stage not in stages):
-            known = ", ".join(stages) if stages else "none: the Mission has no stages"
-            raise InvalidAuthority(
-                f"authority_set[{i}] is limited to stage {entry.stage!r}, which the Mission "
-                f"does not have (stages: {known})",
-                field=f"authority_set[{i}].constraints.stage",
-            )
 
 
 class Mission(ChainedAggregate):
@@ -335,7 +324,7 @@ class Mission(ChainedAggregate):
             )
         if request.allow_wildcard and not (request.wildcard_reason or "").strip():
             raise InvalidInput("allow_wildcard needs a reason", field="wildcard_reason")
-        _check_stage_constraints(granted, proposal.stages)
+        check_stage_constraints(granted, proposal.stages)
         proposal_expiry = parse_rfc3339(proposal.expires_at, field="expires_at")
         expires_at = request.expires_at or proposal_expiry
         if expires_at > proposal_expiry:
@@ -426,7 +415,7 @@ class Mission(ChainedAggregate):
             child_agent=child_agent,
             live_children_per_entry=live_children_per_entry(self.authority(), live_children),
         )
-        _check_stage_constraints(authority, self.stages)
+        check_stage_constraints(authority, self.stages)
         child_json = authority.to_json()
         child_hash = _authority_hash(self.issuer, child_json)
         child = Mission._open(
@@ -707,7 +696,7 @@ class Mission(ChainedAggregate):
                 "proposal naming this Mission as predecessor",
                 field="authority_set",
             )
-        _check_stage_constraints(authority, self.stages)
+        check_stage_constraints(authority, self.stages)
         self._record(
             self.AuthorityNarrowed,
             timestamp=now,

@@ -25,7 +25,7 @@ from .anchors import MISSION_INTENT, MISSION_PROPOSED_AUTHORITY, anchor
 from .authority import AuthoritySet, parse_authority_set
 from .canonical import canonicalize
 from .chain import ChainedAggregate, ChainedCreated, ChainedEvent
-from .errors import IllegalTransition, InvalidProposal
+from .errors import IllegalTransition, InvalidAuthority, InvalidProposal
 from .timefmt import format_rfc3339, parse_rfc3339
 
 PENDING, APPROVED, DENIED, WITHDRAWN, EXPIRED = (
@@ -175,6 +175,18 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def check_stage_constraints(authority: AuthoritySet, stages: list[str] | None) -> None:
+    """Refuse entries limited to a stage the Mission does not declare."""
+    for i, entry in enumerate(authority.entries):
+        if entry.stage is not None and (stages is None or entry.stage not in stages):
+            known = ", ".join(stages) if stages else "none: the Mission has no stages"
+            raise InvalidAuthority(
+                f"authority_set[{i}] is limited to stage {entry.stage!r}, which the Mission "
+                f"does not have (stages: {known})",
+                field=f"authority_set[{i}].constraints.stage",
+            )
+
+
 def parse_proposal_document(raw: object, *, now: datetime) -> ProposalDocument:
     """Validate a proposal document; raise :class:`InvalidProposal` naming the field."""
     doc = _object(raw, "proposal")
@@ -193,6 +205,7 @@ def parse_proposal_document(raw: object, *, now: datetime) -> ProposalDocument:
     intent, expires_at = _intent(doc["intent"], now)
     authority = parse_authority_set(doc["authority_set"], allow_wildcard=True)
     stages = parse_stages(doc.get("stages"))
+    check_stage_constraints(authority, stages)
     holder_key: dict[str, Any] | None = None
     thumbprint: str | None = None
     if "cnf" in doc:
