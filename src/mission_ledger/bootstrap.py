@@ -7,7 +7,7 @@ from psycopg import sql
 
 from .clock import Clock
 from .config import Settings
-from .errors import MissionLedgerError, Unavailable
+from .errors import MissionLedgerError, Unavailable, first_line
 from .ledger import MissionLedger
 
 
@@ -25,23 +25,14 @@ def prepare_storage(settings: Settings) -> None:
     elif backend == "postgres":
         target = settings.postgres_target()
         try:
-            with psycopg.connect(
-                host=target.host,
-                port=target.port,
-                dbname=target.dbname,
-                user=target.user,
-                password=target.password or None,
-                connect_timeout=10,
-                autocommit=True,
-            ) as conn:
+            with target.connect(autocommit=True) as conn:
                 conn.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema))
                 )
         except psycopg.Error as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "error"
             raise Unavailable(
-                f"cannot reach PostgreSQL at {target.host}:{target.port}/{target.dbname} "
-                f"({first_line}); check --database-url"
+                f"cannot reach PostgreSQL at {target.where} ({first_line(error)}); "
+                "check --database-url"
             ) from None
 
 

@@ -14,7 +14,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import psycopg
 
 from .domain.errors import InvalidInput
 
@@ -34,6 +37,23 @@ class PostgresTarget:
     user: str
     password: str
     schema: str
+
+    @property
+    def where(self) -> str:
+        """``host:port/dbname``, for messages (never the password)."""
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def connect(self, **options: Any) -> psycopg.Connection[Any]:
+        """A direct connection (outside the library's pool), e.g. for DDL or audits."""
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            dbname=self.dbname,
+            user=self.user,
+            password=self.password or None,
+            connect_timeout=10,
+            **options,
+        )
 
 
 @dataclass(frozen=True)

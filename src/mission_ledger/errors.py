@@ -47,7 +47,14 @@ __all__ = [
     "MissionLedgerError",
     "NotFound",
     "Unavailable",
+    "first_line",
 ]
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (drivers add multi-line context), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Unavailable(MissionLedgerError):

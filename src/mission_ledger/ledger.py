@@ -48,7 +48,7 @@ from .domain.mission import (
 )
 from .domain.proposal import PENDING, Proposal, parse_proposal_document
 from .domain.timefmt import format_rfc3339, parse_rfc3339
-from .errors import Unavailable
+from .errors import Unavailable, first_line
 from .groupcommit import GroupCommitter
 
 T = TypeVar("T", bound=ChainedAggregate)
@@ -175,10 +175,9 @@ def _store_errors() -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise Unavailable(
-            f"the event store is unavailable ({first}); nothing was changed by this request "
-            "unless it reports success, so retry it (with the same idempotency key)"
+            f"the event store is unavailable ({first_line(error)}); nothing was changed by this "
+            "request unless it reports success, so retry it (with the same idempotency key)"
         ) from error
 
 

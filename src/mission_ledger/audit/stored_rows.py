@@ -16,7 +16,7 @@ from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 
 from ..config import Settings
-from ..errors import AuditError
+from ..errors import AuditError, first_line
 from ..ledger import MissionLedger
 
 PAGE_SIZE = 500
@@ -129,18 +129,10 @@ class _PostgresSource:
     def __init__(self, settings: Settings, events_table: str, snapshots_table: str | None) -> None:
         target = settings.postgres_target()
         try:
-            self.conn = psycopg.connect(
-                host=target.host,
-                port=target.port,
-                dbname=target.dbname,
-                user=target.user,
-                password=target.password or None,
-                connect_timeout=10,
-            )
+            self.conn = target.connect()
         except psycopg.Error as error:
             raise AuditError(
-                f"cannot read PostgreSQL at {target.host}:{target.port}/{target.dbname}: "
-                f"{str(error).strip().splitlines()[0] if str(error).strip() else 'error'}"
+                f"cannot read PostgreSQL at {target.where}: {first_line(error)}"
             ) from None
         self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self.conn.read_only = True
