@@ -740,6 +740,15 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--since", metavar="T", help="only events at or after T (RFC 3339)")
             a.add_argument("--output", metavar="F", help="write to F instead of stdout")
         a.set_defaults(handler=cmd_audit)
+    from .cli_tokens import add_tokens_parser  # here: cli_tokens imports this module
+
+    add_tokens_parser(sub, common)
+    from .cli_serve import add_serve_parser  # here: cli_serve imports this module
+
+    add_serve_parser(sub, common)
+    from .cli_projections import add_projection_parsers  # here: it imports this module
+
+    add_projection_parsers(sub, common)
     return parser
 
 

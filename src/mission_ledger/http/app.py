@@ -1,0 +1,364 @@
+"""The composition root of the HTTP server: ``create_app(settings)`` builds everything.
+
+Built here, at creation: the ledger (unless the caller passes one it owns), the bounded executor,
+the principal registry, the live authorization view, the projection store and worker. Started
+on app startup, in order: the view (it loads its rows), the embedded projection worker thread.
+Stopped on cleanup in reverse: worker, view, executor, and the ledger if this app opened it.
+
+Middlewares, outermost first: metrics (counts, times and logs every request with its final
+status), errors (every exception → problem+json; only bugs become 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+from aiohttp import web
+
+from ..bootstrap import open_ledger
+from ..checks import LiveAuthorizationView
+from ..clock import Clock
+from ..config import Settings
+from ..domain.errors import NotFound
+from ..errors import Unavailable
+from ..ledger import MissionLedger
+from ..principals import PrincipalRegistry, may_view_mission
+from ..projections import ProjectionStore, ProjectionWorker
+from . import routes_missions, routes_proposals
+from .auth import CHECK_ROLES, require
+from .check_routes import CHECK_OPENAPI_PATHS, add_check_routes
+from .metrics import CONTENT_TYPE, METRICS, HttpMetrics, metrics_middleware
+from .openapi import TEXT_PLAIN, build_document
+from .problems import error_middleware, not_found
+from .spec import Route, json_response
+from .state import (
+    CLOCK,
+    EXECUTOR,
+    HEALTH_TIMEOUT,
+    LEDGER,
+    OPTIONS,
+    PROJECTIONS,
+    REGISTRY,
+    SETTINGS,
+    VIEW,
+    WORKER,
+    ServerOptions,
+    run_bounded,
+    run_sync,
+)
+
+log = logging.getLogger("mission_ledger.http")
+
+VIEW_ALL_ROLES = ("operator", "approver", "auditor")
+OPENAPI = web.AppKey("openapi_document", dict)
+RUNTIME = web.AppKey("runtime", dict)  # mutable holder: worker thread and stop event
+
+
+def _version() -> str:
+    try:
+        return package_version("mission-ledger")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0.0.0"
+
+
+# -- operations routes ----------------------------------------------------------------------------
+
+
+def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
+    ledger = app[LEDGER]
+    view = app[VIEW]
+    store = app[PROJECTIONS]
+    runtime = app[RUNTIME]
+    problems: list[str] = []
+    try:
+        ledger_position = ledger.recorder.max_notification_id() or 0
+    except Exception as error:  # the store is down: report, do not raise
+        log.warning("healthz: cannot read the ledger position: %s", error)
+        ledger_position = -1
+        problems.append("event store unreachable")
+    view_healthy = view.healthy()
+    if not view_healthy:
+        problems.append("authorization view is not current")
+    thread = runtime.get("worker_thread")
+    worker_alive: bool | None = None
+    if app[WORKER] is not None:
+        worker_alive = thread is not None and thread.is_alive()
+        if not worker_alive:
+            problems.append("projection worker is not running")
+    projection_lag: int | None = None
+    if ledger_position >= 0:
+        try:
+            projection_lag = max(ledger_position - int(store.position()), 0)
+        except Exception as error:
+            log.warning("healthz: cannot read the projection position: %s", error)
+            problems.append("projection store unreachable")
+    body: dict[str, Any] = {
+        "status": "ok" if not problems else "unavailable",
+        "ledger_position": ledger_position,
+        "view_position": view.position,
+        "view_healthy": view_healthy,
+        "worker_alive": worker_alive,
+        "projection_lag": projection_lag,
+    }
+    if problems:
+        body["problems"] = problems
+    return (200 if not problems else 503), body
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    try:
+        status, body = await run_bounded(
+            request, HEALTH_TIMEOUT, "the health probe", _health, request.app
+        )
+    except Unavailable as error:
+        status, body = (
+            503,
+            {
+                "status": "unavailable",
+                "ledger_position": -1,
+                "view_position": request.app[VIEW].position,
+                "view_healthy": request.app[VIEW].healthy(),
+                "projection_lag": None,
+                "problems": [error.description],
+            },
+        )
+    return json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+async def openapi_json(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[OPENAPI])
+
+
+def _gauges(app: web.Application) -> list[tuple[str, str, float]]:
+    _, health = _health(app)
+    gauges = [
+        (
+            "mission_ledger_ledger_position",
+            "The newest notification id in the event store.",
+            float(health["ledger_position"]),
+        ),
+        (
+            "mission_ledger_authorization_view_position",
+            "The ledger position the live authorization view is current up to.",
+            float(health["view_position"]),
+        ),
+        (
+            "mission_ledger_authorization_view_healthy",
+            "1 when the live authorization view is current (checks are served), else 0.",
+            1.0 if health["view_healthy"] else 0.0,
+        ),
+    ]
+    lag = health["projection_lag"]
+    if lag is None:  # no projection store: the view is what lags
+        lag = max(health["ledger_position"] - health["view_position"], 0)
+    gauges.append(
+        (
+            "mission_ledger_projection_lag_events",
+            "Ledger events not yet applied to the mission index projection.",
+            float(lag),
+        )
+    )
+    return gauges
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    await require(request, "operator", "approver", "harness", "auditor", "receiver")
+    gauges = await run_bounded(request, HEALTH_TIMEOUT, "the metrics probe", _gauges, request.app)
+    text = request.app[METRICS].render(gauges)
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+OPERATIONS_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/healthz",
+        healthz,
+        "health",
+        "Liveness and freshness: 503 when the view is not current or the worker is down",
+        "operations",
+        {200: "Health", 503: "Health"},
+        public=True,
+        errors=(),
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        openapi_json,
+        "openapi",
+        "This OpenAPI 3.1 document",
+        "operations",
+        {200: "OpenApiDocument"},
+        public=True,
+        errors=(),
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "metrics",
+        "Prometheus metrics (text exposition format)",
+        "operations",
+        {200: TEXT_PLAIN},
+        roles=("operator", "approver", "harness", "auditor", "receiver"),
+        errors=(401,),
+    ),
+)
+
+ROUTES: tuple[Route, ...] = (
+    *OPERATIONS_ROUTES,
+    *routes_proposals.ROUTES,
+    *routes_missions.ROUTES,
+)
+
+
+# -- check authorization --------------------------------------------------------------------------
+
+
+def _mission_facts(ledger: MissionLedger, mission_id: str) -> dict[str, Any]:
+    try:
+        mission = ledger.get_mission(mission_id)
+    except NotFound:
+        raise not_found("Mission") from None
+    return {"agent": mission.agent, "authority_set": mission.authority_set}
+
+
+async def authorize_check(request: web.Request, mission_id: str | None) -> None:
+    """Who may check a Mission: operator/approver/auditor any; a harness its agent's; a
+    receiver those in its scope. Decided from the live view's row (memory), or from the ledger
+    when the view has not seen the Mission yet; not visible → the same 404 as unknown."""
+    principal = await require(request, *CHECK_ROLES)
+    if mission_id is None or principal.role in VIEW_ALL_ROLES:
+        return
+    row = request.app[VIEW].row(mission_id)
+    if row is not None:
+        facts: dict[str, Any] = {"agent": row.agent, "authority_set": row.authority_json}
+    else:
+        facts = await run_sync(request, _mission_facts, request.app[LEDGER], mission_id)
+    if not may_view_mission(principal, facts):
+        raise not_found("Mission")
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+def _start(app: web.Application) -> None:
+    app[VIEW].start()
+    worker = app[WORKER]
+    if worker is None:
+        return
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            worker.run_forever(stop)
+        except Exception:
+            log.exception("the projection worker stopped on an error")
+
+    thread = threading.Thread(target=run, name="mission-ledger-projection-worker", daemon=True)
+    app[RUNTIME].update(worker_stop=stop, worker_thread=thread)
+    thread.start()
+
+
+def _stop(app: web.Application, owned_ledger: bool) -> None:
+    runtime = app[RUNTIME]
+    stop = runtime.get("worker_stop")
+    if stop is not None:
+        stop.set()
+        thread = runtime.get("worker_thread")
+        if thread is not None:
+            thread.join(timeout=10)
+    worker = app[WORKER]
+    if worker is not None:
+        worker.close()
+    app[VIEW].stop()
+    app[PROJECTIONS].close()
+    if owned_ledger:
+        app[LEDGER].close()
+
+
+def _lifecycle(owned_ledger: bool) -> Any:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        executor = app[EXECUTOR]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, _start, app)
+        try:
+            yield
+        finally:
+            await loop.run_in_executor(executor, _stop, app, owned_ledger)
+            executor.shutdown(wait=True)
+
+    return lifecycle
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    options: ServerOptions | None = None,
+    ledger: MissionLedger | None = None,
+) -> web.Application:
+    """Build the Authority's aiohttp application from one Settings object.
+
+    ``ledger``: an already open ledger the caller owns (and closes); by default the app opens
+    its own from ``settings`` and closes it on cleanup.
+    """
+    options = options or ServerOptions()
+    owned = ledger is None
+    ledger = ledger if ledger is not None else open_ledger(settings, clock=clock)
+    try:
+        app = _build(settings, ledger, options, owned)
+    except BaseException:
+        if owned:
+            ledger.close()
+        raise
+    return app
+
+
+def _build(
+    settings: Settings, ledger: MissionLedger, options: ServerOptions, owned: bool
+) -> web.Application:
+    app = web.Application(
+        client_max_size=options.max_body_bytes,
+        middlewares=[metrics_middleware, error_middleware],
+    )
+    workers = options.executor_workers or (
+        2 * settings.postgres_pool_size if settings.backend() == "postgres" else 8
+    )
+    view_options: dict[str, Any] = {}
+    if options.check_max_lag is not None:
+        view_options["max_lag_seconds"] = options.check_max_lag
+    store = ProjectionStore.open(settings)
+    try:
+        worker = ProjectionWorker(ledger, settings) if options.embedded_worker else None
+    except BaseException:
+        store.close()
+        raise
+    app[SETTINGS] = settings
+    app[OPTIONS] = options
+    app[LEDGER] = ledger
+    app[CLOCK] = ledger.clock
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-http")
+    app[REGISTRY] = PrincipalRegistry(ledger)
+    app[VIEW] = LiveAuthorizationView(ledger, **view_options)
+    app[PROJECTIONS] = store
+    app[WORKER] = worker
+    app[RUNTIME] = {}
+    app[METRICS] = HttpMetrics()
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
+    add_check_routes(app, view_key=VIEW, ledger_key=LEDGER, authorize=authorize_check)
+    app[OPENAPI] = build_document(
+        ROUTES, issuer=settings.issuer, version=_version(), extra_paths=CHECK_OPENAPI_PATHS
+    )
+    app.cleanup_ctx.append(_lifecycle(owned))
+    return app
+
+
+__all__ = ["ROUTES", "ServerOptions", "create_app"]
