@@ -31,20 +31,23 @@ moves counts with the index). A durable, ledger-backed count comes later. Histor
 (:func:`check_at`) neither consult nor consume it.
 
 **The live view** (:class:`LiveAuthorizationView`) keeps one :class:`MissionRow` per Mission in
-memory, loaded at :meth:`~LiveAuthorizationView.start` and kept current by a daemon thread that
-tails the notification log. A check never touches the store: it takes one lock, reads a few
-rows and evaluates (a few microseconds). The view fails closed: when its tailer is dead or has
-not completed a poll within ``max_lag_seconds``, every check answers ``view_unavailable``.
+memory, loaded at :meth:`~LiveAuthorizationView.start` (from the tracked ``authorization``
+projection table when the server has one: :func:`load_rows_from_views`) and kept current by a
+daemon thread that tails the notification log. A check never touches the store: it takes one
+lock, reads a few rows and evaluates (a few microseconds). The view fails closed: when its
+tailer is dead or has not completed a poll within ``max_lag_seconds``, every check answers
+``view_unavailable``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -73,6 +76,8 @@ __all__ = [
     "evaluate_authzen_batch",
     "fold_mission_event",
     "load_rows_from_log",
+    "load_rows_from_views",
+    "mission_row_from_view",
     "parse_authzen_evaluation",
     "parse_authzen_evaluations",
 ]
@@ -159,6 +164,44 @@ class MissionRow:
         return self.state
 
 
+def _instant(value: object, name: str) -> datetime:
+    if isinstance(value, datetime):
+        _require_aware(value, name)
+        return value.astimezone(UTC)
+    return parse_rfc3339(value, field=name)
+
+
+def mission_row_from_view(row: Mapping[str, Any]) -> MissionRow:
+    """The :class:`MissionRow` of one row of the ``authorization`` projection.
+
+    ``row`` is a :meth:`ProjectionStore.authorization_rows` value: ``state`` is the STORED
+    state, timestamps are RFC 3339 text (or aware datetimes), ``authority_set`` is the decoded
+    Authority Set (or its canonical JSON text). The Authority Set is parsed here, once, as
+    :func:`fold_mission_event` parses it from an event, so both give equal rows.
+    """
+    authority_json = row["authority_set"]
+    if isinstance(authority_json, str | bytes):
+        authority_json = json.loads(authority_json)
+    if not isinstance(authority_json, list):
+        raise InvalidInput("authority_set must be a JSON array", field="authority_set")
+    suspend_until = row.get("suspend_until")
+    parent_id = row.get("parent_id")
+    return MissionRow(
+        mission_id=str(row["mission_id"]),
+        version=int(row["version"]),
+        state=str(row["state"]),
+        expires_at=_instant(row["expires_at"], "expires_at"),
+        suspend_until=None if suspend_until is None else _instant(suspend_until, "suspend_until"),
+        agent=str(row["agent"]),
+        user=str(row["user"]),
+        parent_id=None if parent_id is None else str(parent_id),
+        stage=row.get("stage"),
+        authority=parse_authority_set(authority_json, allow_wildcard=True),
+        authority_json=authority_json,
+        position=int(row["position"]),
+    )
+
+
 def fold_mission_event(rows: dict[str, MissionRow], event: Any, position: int) -> None:
     """Apply one decoded Mission event (stored at notification id ``position``) to ``rows``.
 
@@ -219,6 +262,44 @@ def load_rows_from_log(ledger: MissionLedger) -> tuple[dict[str, MissionRow], in
             start = last + 1
         if len(page) < PAGE_SIZE:
             return rows, max(last, high)
+
+
+ViewRows = tuple[Mapping[str, Mapping[str, Any]], int]
+
+
+def load_rows_from_views(
+    read_rows: Callable[[], ViewRows], ledger: MissionLedger
+) -> tuple[dict[str, MissionRow], int]:
+    """A loader that starts from the tracked ``authorization`` projection table.
+
+    ``read_rows`` is :meth:`ProjectionStore.authorization_rows`: every row and the tracking
+    position they reflect, read in one transaction. The rows are converted with
+    :func:`mission_row_from_view`; the view then tails the ledger from that position (its
+    :meth:`~LiveAuthorizationView.start` catches up synchronously, so a table behind the ledger
+    costs only the events it lacks). Falls back to :func:`load_rows_from_log` when the table
+    cannot serve: never projected (position 0: a fresh store, or views never built), unreadable
+    (:class:`Unavailable`), or ahead of the ledger's head (views of another ledger).
+    """
+    try:
+        rows, position = read_rows()
+    except Unavailable as error:
+        log.warning(
+            "authorization view: the projection table is unreadable (%s); loading from the log",
+            error.description,
+        )
+        return load_rows_from_log(ledger)
+    if position <= 0:
+        return load_rows_from_log(ledger)
+    head = ledger.recorder.max_notification_id() or 0
+    if position > head:
+        log.warning(
+            "authorization view: the projection table is at position %d, beyond the ledger's "
+            "head %d (views of another ledger?); loading from the log",
+            position,
+            head,
+        )
+        return load_rows_from_log(ledger)
+    return {key: mission_row_from_view(row) for key, row in rows.items()}, position
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +364,18 @@ def _require_aware(at: datetime, name: str) -> None:
 class LiveAuthorizationView:
     """Every Mission's check-relevant state in memory, tailing the ledger's notification log.
 
+    Start: ``loader()`` returns the initial rows and the ledger position they reflect; the view
+    then tails the log from the next position. The server passes
+    :func:`load_rows_from_views` — the tracked ``authorization`` table (rows and tracking
+    position read in one transaction), as the architecture prescribes ("rebuilt from its table
+    at start, then fed live"), so a restart reads one row per Mission instead of every event.
+    The default, and the fallback when the table was never projected (position 0: a fresh store
+    or views never built), cannot be read, or is ahead of the ledger, is
+    :func:`load_rows_from_log`, a full scan of the log's Mission events. :meth:`start` catches
+    up synchronously to the ledger's head before it returns, so a table that lags the ledger
+    (the worker was down, a rebuild is under way) never makes the first checks stale: the tail
+    covers the rest before any check is answered.
+
     Freshness: each poll reads ``max_notification_id()`` *before* selecting new notifications,
     so a poll that returns a partial page proves the view current up to that id even when no
     Mission event arrived (ids of other aggregates, and PostgreSQL's rolled-back ids, are gaps).
@@ -314,7 +407,8 @@ class LiveAuthorizationView:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the initial state (synchronously), then tail the log on a daemon thread."""
+        """Load the initial state and catch up to the ledger's head (synchronously), then
+        tail the log on a daemon thread."""
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("the authorization view is already running")
         started = time.monotonic()
@@ -324,6 +418,8 @@ class LiveAuthorizationView:
             self._position = max(self._position, position)
             self._last_poll = started
             self._cond.notify_all()
+        while self._poll_once() == PAGE_SIZE:  # the loader's position may lag the ledger
+            pass
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run, name="mission-ledger-authorization-view", daemon=True
@@ -341,7 +437,7 @@ class LiveAuthorizationView:
         failing = False
         while not self._stop.is_set():
             try:
-                got_any = self._poll_once()
+                got_any = self._poll_once() > 0
             except Exception:
                 if not failing:
                     log.exception("authorization view: polling the notification log failed")
@@ -354,8 +450,9 @@ class LiveAuthorizationView:
             if not got_any:
                 self._stop.wait(self._poll_interval)
 
-    def _poll_once(self) -> bool:
-        """Fold one page of new Mission notifications; True if it had any."""
+    def _poll_once(self) -> int:
+        """Fold one page of new Mission notifications; returns how many it had (a full page,
+        ``PAGE_SIZE``, means more may follow)."""
         started = time.monotonic()
         recorder = self._ledger.recorder
         high = recorder.max_notification_id() or 0  # before selecting: see the class docstring
@@ -372,7 +469,7 @@ class LiveAuthorizationView:
             self._position = max(self._position, position)
             self._last_poll = started
             self._cond.notify_all()
-        return bool(page)
+        return len(page)
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -78,10 +78,10 @@ class Server:
         return token
 
     def mint(self, specs: dict[str, Sequence[str]], *, parallel: bool = True) -> dict[str, str]:
-        """Create principals: ``{key: [role, name, *options]}``.
-
-        ``parallel=False`` for PostgreSQL: processes opening a store at the same instant can
-        collide on the library's DDL ("tuple concurrently updated").
+        """Create principals: ``{key: [role, name, *options]}``, by default with one
+        ``tokens create`` process each, all at once (on PostgreSQL too: opening a store takes the
+        schema lock, :func:`mission_ledger.bootstrap.schema_lock`, so they do not collide on the
+        library's DDL); ``parallel=False`` runs them one after the other.
         """
         if parallel:
             running = {key: self.create_token(*spec) for key, spec in specs.items()}

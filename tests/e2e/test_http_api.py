@@ -21,9 +21,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
 
+from mission_ledger import checks
+from mission_ledger.bootstrap import open_ledger
 from mission_ledger.config import Settings
 from mission_ledger.http.app import RUNTIME, create_app
+from mission_ledger.http.state import ServerOptions
+from mission_ledger.ledger import MissionLedger
+from mission_ledger.principals import PrincipalRegistry
+from mission_ledger.projections import ProjectionStore, ProjectionWorker
 from tests.e2e.conftest import Server, start_server
+from tests.integration.contract_fixtures import OPERATOR, open_mission, position
 from tests.pgtarget import PgTarget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -540,6 +547,123 @@ async def _chunks(data: bytes) -> Any:
         yield data[start : start + 8192]
 
 
+def test_check_routes_refuse_bad_input_like_every_route(sqlite_server: Server) -> None:
+    """The check routes read bodies with the shared reader and answer through the shared
+    problem mapping: 415 for another media type, 400 naming the field, 413 over the limit."""
+
+    async def scenario(c: Client) -> None:
+        mid = await _mission(c)
+        path = f"/missions/{mid}/check"
+        check = {"action": "invoices.read", "resource": "https://erp.example.com/invoices/1"}
+        allowed = await c.post(path, {**check, "min_position": c.position}, as_="receiver")
+        assert allowed.ok()["decision"] == "allow"
+
+        for route, body in (
+            (path, check),
+            ("/access/v1/evaluation", {"context": {"mission_id": mid}}),
+            ("/access/v1/evaluations", {"evaluations": []}),
+            ("/agentpass/authorization-check", {"authorization_id": mid}),
+        ):
+            for media_type in ("text/plain", "application/x-www-form-urlencoded"):
+                wrong = await c.post(
+                    route,
+                    as_="receiver",
+                    data=json.dumps(body),
+                    headers={"Content-Type": media_type},
+                )
+                problem = wrong.problem(415, "unsupported_media_type")
+                assert problem["field"] == "Content-Type", route
+            anonymous = await c.call(
+                "POST", route, data="x=1", headers={"Content-Type": "text/plain"}
+            )
+            anonymous.problem(401, "unauthorized")  # authentication before the body's verdict
+            assert "WWW-Authenticate" in anonymous.headers
+
+        cases: list[tuple[Any, str]] = [
+            ({**check, "extra": 1}, "extra"),
+            ({"resource": check["resource"]}, "action"),
+            ({**check, "action": 5}, "action"),
+            ({**check, "at": "yesterday"}, "at"),
+            ({**check, "min_position": "3"}, "min_position"),
+            ([check], "body"),
+        ]
+        for body, field in cases:
+            bad = await c.post(path, body, as_="receiver")
+            assert bad.problem(400, "invalid_request")["field"] == field, body
+        malformed = await c.post(
+            path, as_="receiver", data='{"action": ', headers={"Content-Type": "application/json"}
+        )
+        assert malformed.problem(400, "invalid_json")["field"] == "body"
+        empty = await c.post(path, as_="receiver", headers={"Content-Type": "application/json"})
+        assert empty.problem(400, "invalid_request")["field"] == "body"
+        authzen = await c.post("/access/v1/evaluation", {"subject": {}}, as_="receiver")
+        assert authzen.problem(400, "invalid_request")["field"] == "subject.type"
+        agentpass = await c.post("/agentpass/authorization-check", {}, as_="receiver")
+        assert agentpass.problem(400, "invalid_request")["field"] == "authorization_id"
+        big = await c.post(path, {**check, "resource": "x" * 70_000}, as_="receiver")
+        big.problem(413, "payload_too_large")
+        stale = await c.post(path, {**check, "min_position": 10**12}, as_="receiver")
+        assert stale.problem(503, "stale_view")["field"] == "min_position"
+        assert stale.headers["Retry-After"] == "1"
+        historical = await c.post(
+            path, {**check, "at": "2020-01-01T00:00:00Z"}, as_="receiver"
+        )  # before the Mission existed: answered from the store, on the executor
+        assert historical.ok()["reason"] == "not_found"
+        metrics = await c.get("/metrics", as_="auditor")
+        assert 'status="500"' not in metrics.text
+
+    run(sqlite_server, scenario)
+
+
+def test_the_check_view_starts_from_the_authorization_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted server's live view loads the tracked ``authorization`` table, not the log,
+    and catches up on what the table lacks before it answers."""
+    settings = Settings(data_dir=tmp_path / "var")
+    ledger = open_ledger(settings)
+    try:
+        token = PrincipalRegistry(ledger).bootstrap_operator()
+        assert token is not None
+        kept, ended, tailed = (open_mission(ledger) for _ in range(3))
+        with ProjectionWorker(ledger, settings) as worker:
+            worker.run_once()
+        projected = ProjectionStore.open(settings)
+        try:
+            assert projected.position() == position(ledger)
+        finally:
+            projected.close()
+        ledger.revoke(ended, actor=OPERATOR)  # after the projection: only the tail has it
+        ledger.suspend(tailed, actor=OPERATOR)
+
+        def no_log_scan(_: MissionLedger) -> Any:
+            raise AssertionError("the view scanned the log instead of loading the table")
+
+        monkeypatch.setattr(checks, "load_rows_from_log", no_log_scan)
+        check = {"action": "invoices.read", "resource": "https://erp.example.com/invoices/1"}
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async def main() -> None:
+            app = create_app(settings, ledger=ledger, options=ServerOptions(embedded_worker=False))
+            async with TestClient(TestServer(app)) as client:
+                health = await (await client.get("/healthz")).json()
+                assert health["view_position"] == position(ledger)
+                reasons = {}
+                for mid in (kept, ended, tailed):
+                    reply = await client.post(f"/missions/{mid}/check", json=check, headers=headers)
+                    assert reply.status == 200, await reply.text()
+                    reasons[mid] = (await reply.json())["reason"]
+                assert reasons == {
+                    kept: "allowed",
+                    ended: "mission_inactive",
+                    tailed: "mission_inactive",
+                }
+
+        asyncio.run(main())
+    finally:
+        ledger.close()
+
+
 # -- lists, metrics -------------------------------------------------------------------------------
 
 
@@ -618,8 +742,7 @@ def test_postgres_server(postgres_schema_url: PgTarget, tmp_path: Path) -> None:
             {
                 "approver": ["approver", "bob@example.com"],
                 "harness": ["harness", "invoice-bot", "--agent", "agent:invoice-bot"],
-            },
-            parallel=False,
+            }
         )
 
         async def scenario(c: Client) -> None:
@@ -665,8 +788,7 @@ def test_checks_fail_closed_while_the_event_store_is_locked(
         {
             "approver": ["approver", "bob@example.com"],
             "harness": ["harness", "invoice-bot", "--agent", "agent:invoice-bot"],
-        },
-        parallel=False,
+        }
     )
     check: dict[str, Any] = {
         "action": "invoices.read",
@@ -721,7 +843,7 @@ def test_healthz_is_503_once_the_embedded_worker_stops(tmp_path: Path) -> None:
 
     async def main() -> None:
         app = create_app(Settings(data_dir=tmp_path / "var"))
-        async with TestServer(app) as server, TestClient(server) as client:
+        async with TestClient(TestServer(app)) as client:
             healthy = await client.get("/healthz")
             assert healthy.status == 200, await healthy.text()
             assert (await healthy.json())["worker_alive"] is True

@@ -22,7 +22,10 @@ def test_a_check_at_a_past_instant_answers_as_it_was_and_names_its_events(
         revoked = await c.post(f"/missions/{mid}/revoke", {"reason": "done"}, as_="operator")
         assert revoked.ok()["state"] == "revoked"
 
-        now = await c.post(f"/missions/{mid}/check", READ, as_="receiver")
+        # read-your-writes: the revoke answered with its ledger_position; wait for it
+        now = await c.post(
+            f"/missions/{mid}/check", {**READ, "min_position": c.position}, as_="receiver"
+        )
         assert now.ok()["decision"] == "deny"
         assert now.body["reason"] == "mission_inactive"
 
@@ -45,7 +48,7 @@ def test_authzen_batch_and_agentpass_configuration(sqlite_server: Server) -> Non
         mid = await _mission(c)
         batch = {
             "subject": {"type": "agent", "id": "agent:invoice-bot"},
-            "context": {"mission_id": mid},
+            "context": {"mission_id": mid, "min_position": c.position},
             "evaluations": [
                 {
                     "action": {"name": "invoices.read"},

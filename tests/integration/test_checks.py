@@ -8,8 +8,10 @@ run on a real :class:`~aiohttp.test_utils.TestServer`.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +20,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from mission_ledger.bootstrap import open_ledger
-from mission_ledger.checks import LiveAuthorizationView
+from mission_ledger.checks import (
+    LiveAuthorizationView,
+    check_at,
+    load_rows_from_log,
+    load_rows_from_views,
+)
 from mission_ledger.clock import FixedClock
 from mission_ledger.config import Settings
 from mission_ledger.domain.timefmt import format_rfc3339
 from mission_ledger.http import check_routes
 from mission_ledger.http.check_routes import add_check_routes
+from mission_ledger.http.problems import error_middleware
+from mission_ledger.http.state import EXECUTOR, LEDGER, OPTIONS, VIEW, ServerOptions
 from mission_ledger.ledger import MissionLedger
+from mission_ledger.projections import ProjectionStore, ProjectionWorker
 from tests.integration.contract_fixtures import (
     AGENT,
     ERP,
@@ -38,8 +48,6 @@ from tests.pgtarget import PgTarget
 
 INVOICE = f"{ERP}/invoices/7"
 ISSUER = "https://authority.example.com"
-VIEW = web.AppKey("test_checks_view", LiveAuthorizationView)
-LEDGER = web.AppKey("test_checks_ledger", MissionLedger)
 Authorize = Callable[[web.Request, str | None], Awaitable[None]]
 
 
@@ -51,6 +59,7 @@ class Store:
     reader: MissionLedger
     clock: FixedClock
     view: LiveAuthorizationView
+    settings: Settings
     opened: list[MissionLedger] = field(default_factory=list)
 
 
@@ -69,7 +78,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Store]:
     view = LiveAuthorizationView(reader)
     view.start()
     try:
-        yield Store(writer, reader, clock, view)
+        yield Store(writer, reader, clock, view, settings)
     finally:
         view.stop()
         reader.close()
@@ -109,6 +118,47 @@ def test_a_view_started_on_existing_history_loads_it(store: Store) -> None:
         late.stop()
 
 
+def test_the_authorization_table_gives_the_view_the_rows_the_log_gives(store: Store) -> None:
+    """On each durable backend (stored timestamps, canonical JSON text): the projection's rows
+    converted by mission_row_from_view equal the rows folded from the log."""
+    root = open_mission(store.writer)
+    child = store.writer.delegate(
+        root,
+        agent="agent-2",
+        authority_set=[
+            {
+                "type": "mission_resource_access",
+                "resource": f"{ERP}/*",
+                "actions": ["invoices.read"],
+            }
+        ],
+        actor=AGENT,
+    ).document["mission_id"]
+    suspended = open_mission(store.writer)
+    store.writer.suspend(
+        suspended, actor=OPERATOR, until=format_rfc3339(T0 + HOUR), on_expiry="revoke"
+    )
+    store.writer.narrow(
+        root,
+        authority_set=[
+            {
+                "type": "mission_resource_access",
+                "resource": f"{ERP}/*",
+                "actions": ["invoices.read"],
+            }
+        ],
+        actor=OPERATOR,
+    )
+    with ProjectionWorker(store.writer, store.settings) as worker:
+        worker.run_once()
+    with ProjectionStore.open(store.settings) as views:
+        rows, at = load_rows_from_views(views.authorization_rows, store.reader)
+        assert at == position(store.writer)
+        assert (rows, at) == load_rows_from_log(store.reader)
+        assert set(rows) == {root, child, suspended}
+        assert rows[suspended].suspend_until == T0 + HOUR
+
+
 # ---------------------------------------------------------------------------------------------
 # Routes
 # ---------------------------------------------------------------------------------------------
@@ -131,10 +181,19 @@ async def deny_all(request: web.Request, mission_id: str | None) -> None:
 
 
 def make_app(store: Store, authorize: Authorize) -> web.Application:
-    app = web.Application()
+    """The check routes alone, on what the server gives them: its state keys, its bounded
+    executor and body limit, and its problem+json middleware."""
+    app = web.Application(middlewares=[error_middleware])
     app[VIEW] = store.view
     app[LEDGER] = store.reader
-    add_check_routes(app, view_key=VIEW, ledger_key=LEDGER, authorize=authorize)
+    app[OPTIONS] = ServerOptions(max_body_bytes=4096)
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-checks")
+
+    async def shutdown(app: web.Application) -> None:
+        app[EXECUTOR].shutdown(wait=True)
+
+    app.on_cleanup.append(shutdown)
+    add_check_routes(app, authorize=authorize)
     return app
 
 
@@ -179,7 +238,10 @@ def test_the_check_routes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None
         resp = await client.post(url, json={**check, "min_position": 10**9})
         assert resp.status == 503
         assert resp.content_type == "application/problem+json"
-        assert (await resp.json())["code"] == "stale_view"
+        assert resp.headers["Retry-After"] == "1"
+        problem = await resp.json()
+        assert (problem["code"], problem["field"]) == ("stale_view", "min_position")
+        assert problem["ledger_position"] >= opened_at
 
         for bad, name in [
             ({**check, "extra": 1}, "extra"),
@@ -197,8 +259,24 @@ def test_the_check_routes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None
                 400,
                 name,
             )
-        resp = await client.post(url, data=b"{not json")
+        as_json = {"Content-Type": "application/json"}
+        resp = await client.post(url, data=b"{not json", headers=as_json)
+        problem = await resp.json()
+        assert (resp.status, problem["code"], problem["field"]) == (400, "invalid_json", "body")
+        resp = await client.post(url, data=b"[1, 2]", headers=as_json)
         assert (resp.status, (await resp.json())["field"]) == (400, "body")
+        resp = await client.post(url, headers=as_json)
+        assert (resp.status, (await resp.json())["field"]) == (400, "body")
+        resp = await client.post(url, data=b'{"action": "invoices.read"}')  # no Content-Type
+        problem = await resp.json()
+        assert (resp.status, resp.content_type, problem["code"], problem["field"]) == (
+            415,
+            "application/problem+json",
+            "unsupported_media_type",
+            "Content-Type",
+        )
+        resp = await client.post(url, json={**check, "resource": "x" * 5000})
+        assert (resp.status, (await resp.json())["code"]) == (413, "payload_too_large")
 
         revoked = store.writer.revoke(mid, actor=OPERATOR)
         assert revoked.position is not None
@@ -236,6 +314,34 @@ def test_the_check_routes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None
         }
 
     run(store, allow_all, scenario)
+
+
+def test_blocking_check_work_runs_on_the_apps_bounded_executor(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mid = open_mission(store.writer)
+    threads: list[str] = []
+    real_check_at = check_at
+
+    def recording_check_at(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_check_at(*args, **kwargs)
+
+    monkeypatch.setattr(check_routes, "check_at", recording_check_at)
+    check = {"action": "invoices.read", "resource": INVOICE}
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        historical = {**check, "at": format_rfc3339(T0)}
+        resp = await client.post(f"/missions/{mid}/check", json=historical)
+        assert (resp.status, (await resp.json())["decision"]) == (200, "allow")
+        resp = await client.post(
+            f"/missions/{mid}/check", json={**check, "min_position": position(store.writer)}
+        )
+        assert (resp.status, (await resp.json())["decision"]) == (200, "allow")
+
+    run(store, allow_all, scenario)
+    assert len(threads) == 1
+    assert threads[0].startswith("test-checks")
 
 
 def test_authzen_and_agentpass_routes_answer_active_missions(store: Store) -> None:

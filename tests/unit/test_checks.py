@@ -6,11 +6,14 @@ Every test runs a real in-memory ledger on a :class:`FixedClock` and a started
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +30,8 @@ from mission_ledger.checks import (
     authzen_evaluations,
     check_at,
     load_rows_from_log,
+    load_rows_from_views,
+    mission_row_from_view,
 )
 from mission_ledger.clock import FixedClock
 from mission_ledger.config import Settings
@@ -34,6 +39,7 @@ from mission_ledger.domain.errors import InvalidInput
 from mission_ledger.domain.timefmt import format_rfc3339
 from mission_ledger.errors import Unavailable
 from mission_ledger.ledger import CommandResult, MissionLedger
+from mission_ledger.projections import ProjectionStore, ProjectionWorker
 from tests.integration.contract_fixtures import (
     AGENT,
     DAY,
@@ -863,3 +869,233 @@ def test_a_failing_store_makes_the_view_fail_closed_until_it_recovers(
         assert live.check(mid, action="invoices.read", resource=INVOICE, now=T0).allowed
     finally:
         live.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting from the tracked authorization table
+# ---------------------------------------------------------------------------------------------
+
+QUOTA = {"max_calls": 2}
+PROBES = [
+    ("invoices.read", INVOICE),
+    ("invoices.write", INVOICE),
+    ("invoices.pay", INVOICE),
+    ("invoices.delete", INVOICE),
+    ("mail.send", MAIL),
+    ("contacts.read", "https://crm.example.com/contacts/1"),
+]
+
+
+@pytest.fixture
+def durable(tmp_path: Path, clock: FixedClock) -> Iterator[tuple[MissionLedger, Settings]]:
+    """An in-memory ledger whose projection views live in ``tmp_path`` (a SQLite file)."""
+    settings = Settings(database_url="memory:", data_dir=tmp_path)
+    app = MissionLedger(settings, clock=clock)
+    yield app, settings
+    app.close()
+
+
+def scripted_history(ledger: MissionLedger, clock: FixedClock) -> list[str]:
+    """Missions in every shape a check distinguishes; returns their ids."""
+    root, child, grandchild = open_tree(ledger)  # two delegations (Delegated on the parents)
+    narrowed_root = open_mission(ledger)
+    narrowed_child = open_child(ledger, narrowed_root, authority_set=child_authority())
+    ledger.narrow(
+        narrowed_root,
+        authority_set=[entry(["invoices.write"], delegation=children_policy()), entry()],
+        actor=OPERATOR,
+    )
+    suspended = open_mission(ledger)
+    ledger.suspend(suspended, actor=OPERATOR, until=format_rfc3339(T0 + DAY), on_expiry="resume")
+    resumed = open_mission(ledger)
+    ledger.suspend(resumed, actor=OPERATOR)
+    ledger.resume(resumed, actor=OPERATOR)
+    revoked_tree = open_mission(ledger)
+    revoked_child = open_child(ledger, revoked_tree)
+    ledger.revoke(revoked_tree, actor=OPERATOR)  # cascades to the child
+    completed = open_mission(ledger)
+    ledger.complete(completed, actor=AGENT)
+    staged = open_mission(
+        ledger,
+        authority_set=[
+            entry(["invoices.read"]),
+            entry(["invoices.pay"], constraints={"stage": "b"}),
+        ],
+        stages=["a", "b"],
+    )
+    ledger.advance_stage(staged, actor=OPERATOR)
+    unstaged = open_mission(
+        ledger,
+        authority_set=[
+            entry(["invoices.read"]),
+            entry(["invoices.pay"], constraints={"stage": "b"}),
+        ],
+        stages=["a", "b"],
+    )
+    quota = open_mission(ledger, authority_set=[entry(["invoices.read"], constraints=QUOTA)])
+    short = open_mission(ledger, expires_at=T0 + HOUR)
+    suspended_parent = open_mission(ledger)
+    under_suspended = open_child(ledger, suspended_parent)
+    ledger.suspend(suspended_parent, actor=OPERATOR)
+    clock.advance(2 * HOUR)  # `short` is past its expiry, never recorded
+    return [
+        root,
+        child,
+        grandchild,
+        narrowed_root,
+        narrowed_child,
+        suspended,
+        resumed,
+        revoked_tree,
+        revoked_child,
+        completed,
+        staged,
+        unstaged,
+        quota,
+        short,
+        suspended_parent,
+        under_suspended,
+        "00000000-0000-4000-8000-000000000000",
+    ]
+
+
+def answers(view: LiveAuthorizationView, missions: list[str], now: datetime) -> list[CheckResult]:
+    """Every probe on every Mission, three rounds (the quota runs out on the third)."""
+    return [
+        view.check(mid, action=action, resource=resource, now=now)
+        for _ in range(3)
+        for mid in missions
+        for action, resource in PROBES
+    ]
+
+
+def started(ledger: MissionLedger, loader: Any) -> LiveAuthorizationView:
+    live = LiveAuthorizationView(ledger, loader=loader)
+    live.start()
+    return live
+
+
+def test_mission_row_from_view_reads_text_or_decoded_values() -> None:
+    decoded = {
+        "mission_id": "m-1",
+        "state": "suspended",
+        "version": 3,
+        "expires_at": "2026-04-01T09:00:00.250000Z",
+        "suspend_until": "2026-03-03T09:00:00Z",
+        "agent": AGENT,
+        "user": "alice",
+        "parent_id": None,
+        "stage": None,
+        "authority_set": default_authority(),
+        "authority_hash": "ignored",
+        "position": 17,
+    }
+    row = mission_row_from_view(decoded)
+    assert row.expires_at == datetime(2026, 4, 1, 9, 0, 0, 250000, tzinfo=UTC)
+    assert row.suspend_until is not None
+    assert row.suspend_until.utcoffset() == timedelta(0)
+    assert (row.state, row.version, row.position) == ("suspended", 3, 17)
+    assert row.authority_json == default_authority()
+    assert len(row.authority.entries) == 2
+    as_text = {
+        **decoded,
+        "authority_set": json.dumps(default_authority()),
+        "expires_at": row.expires_at,
+    }
+    assert mission_row_from_view(as_text) == row
+    with pytest.raises(InvalidInput):
+        mission_row_from_view({**decoded, "expires_at": datetime(2026, 4, 1)})  # naive
+    with pytest.raises(InvalidInput):
+        mission_row_from_view({**decoded, "authority_set": "{}"})
+
+
+def test_a_view_started_from_the_table_equals_one_folded_from_the_log(
+    durable: tuple[MissionLedger, Settings], clock: FixedClock
+) -> None:
+    ledger, settings = durable
+    missions = scripted_history(ledger, clock)
+    with ProjectionWorker(ledger, settings) as worker, ProjectionStore.open(settings) as store:
+        worker.run_once()
+        table_rows, table_position = store.authorization_rows()
+        assert table_position == position(ledger)
+        assert len(table_rows) == len(missions) - 1  # all but the unknown id
+        from_table = load_rows_from_views(store.authorization_rows, ledger)
+        from_log = load_rows_from_log(ledger)
+        assert from_table == from_log
+        assert from_table[0][missions[0]] is not from_log[0][missions[0]]
+
+        log_view = started(ledger, None)
+        table_view = started(
+            ledger, functools.partial(load_rows_from_views, store.authorization_rows, ledger)
+        )
+        try:
+            assert table_view.position == log_view.position == position(ledger)
+            now = ledger.clock.now()
+            expected = answers(log_view, missions, now)
+            assert answers(table_view, missions, now) == expected
+            reasons = {r.reason for r in expected}
+            assert {
+                "allowed",
+                "mission_inactive",
+                "expired",
+                "out_of_authority",
+                "stage_not_active",
+                "not_found",
+                "quota_exceeded",
+            } <= reasons
+            for mid in missions[:-1]:
+                assert table_view.row(mid) == log_view.row(mid)
+        finally:
+            table_view.stop()
+            log_view.stop()
+
+
+def test_a_table_behind_the_ledger_is_caught_up_before_start_returns(
+    durable: tuple[MissionLedger, Settings], clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, settings = durable
+    monkeypatch.setattr(checks, "PAGE_SIZE", 2)  # the catch-up spans several pages
+    missions = scripted_history(ledger, clock)
+    with ProjectionWorker(ledger, settings) as worker, ProjectionStore.open(settings) as store:
+        worker.run_once()
+        projected = store.position()
+        ledger.revoke(missions[0], actor=OPERATOR)  # cascades to child and grandchild
+        ledger.narrow(missions[6], authority_set=[entry()], actor=OPERATOR)
+        later = open_mission(ledger)
+        ledger.suspend(later, actor=OPERATOR)
+        assert store.position() == projected < position(ledger)
+
+        loader = functools.partial(load_rows_from_views, store.authorization_rows, ledger)
+        view = LiveAuthorizationView(ledger, poll_interval=60.0, loader=loader)
+        view.start()  # the tailer sleeps a minute between polls: start itself caught up
+        try:
+            assert view.position == position(ledger)
+            rows, _ = load_rows_from_log(ledger)
+            for mid in [*missions[:-1], later]:
+                assert view.row(mid) == rows[mid], mid
+            now = ledger.clock.now()
+            result = view.check(missions[2], action="invoices.read", resource=INVOICE, now=now)
+            assert (result.reason, result.state) == ("mission_inactive", "cascaded")
+        finally:
+            view.stop()
+
+
+def test_loading_from_views_falls_back_to_the_log(
+    durable: tuple[MissionLedger, Settings], clock: FixedClock
+) -> None:
+    ledger, settings = durable
+    missions = scripted_history(ledger, clock)
+    expected = load_rows_from_log(ledger)
+    with ProjectionStore.open(settings) as store:  # never projected: position 0
+        assert store.authorization_rows() == ({}, 0)
+        assert load_rows_from_views(store.authorization_rows, ledger) == expected
+
+    def ahead() -> tuple[dict[str, dict[str, Any]], int]:
+        return {}, position(ledger) + 1000  # views of another ledger
+
+    def unreadable() -> tuple[dict[str, dict[str, Any]], int]:
+        raise Unavailable("the projection store is unavailable (locked); retry")
+
+    assert load_rows_from_views(ahead, ledger) == expected
+    assert load_rows_from_views(unreadable, ledger) == expected
+    assert missions[0] in expected[0]

@@ -2,7 +2,9 @@
 
 Built here, at creation: the ledger (unless the caller passes one it owns), the bounded executor,
 the principal registry, the live authorization view, the projection store and worker. Started
-on app startup, in order: the view (it loads its rows), the embedded projection worker thread.
+on app startup, in order: the view (it loads its rows from the tracked ``authorization`` table —
+or from the log when that table was never projected — and catches up to the ledger's head), the
+embedded projection worker thread.
 Stopped on cleanup in reverse: worker, view, executor, and the ledger if this app opened it.
 
 Middlewares, outermost first: metrics (counts, times and logs every request with its final
@@ -12,6 +14,7 @@ status), errors (every exception → problem+json; only bugs become 500).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -23,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from ..bootstrap import open_ledger
-from ..checks import LiveAuthorizationView
+from ..checks import LiveAuthorizationView, load_rows_from_views
 from ..clock import Clock
 from ..config import Settings
 from ..domain.errors import NotFound
@@ -346,6 +349,10 @@ def _build(
     app[CLOCK] = ledger.clock
     app[EXECUTOR] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-http")
     app[REGISTRY] = PrincipalRegistry(ledger)
+    if settings.backend() != "memory":  # a memory ledger is new each run; its views file is not
+        view_options["loader"] = functools.partial(
+            load_rows_from_views, store.authorization_rows, ledger
+        )
     app[VIEW] = LiveAuthorizationView(ledger, **view_options)
     app[PROJECTIONS] = store
     app[WORKER] = worker
@@ -353,7 +360,7 @@ def _build(
     app[METRICS] = HttpMetrics()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
-    add_check_routes(app, view_key=VIEW, ledger_key=LEDGER, authorize=authorize_check)
+    add_check_routes(app, authorize=authorize_check)
     app[OPENAPI] = build_document(
         ROUTES, issuer=settings.issuer, version=_version(), extra_paths=CHECK_OPENAPI_PATHS
     )

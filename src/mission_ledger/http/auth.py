@@ -20,7 +20,7 @@ from ..principals import Principal, require_role
 from .problems import Unauthorized
 from .state import AUTH_TIMEOUT, REGISTRY, run_bounded
 
-PRINCIPAL = "mission_ledger.principal"  # request-local key (requests are per-request dicts)
+PRINCIPAL = web.RequestKey("principal", Principal)  # request-local: the authenticated caller
 
 PUBLIC_ROUTES = frozenset(
     {

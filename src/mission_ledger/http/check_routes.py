@@ -6,32 +6,34 @@
     POST /agentpass/authorization-check  AgentPass continuous authorization
     GET  /agentpass/configuration      AgentPass Authority configuration (public)
 
+The routes read the app's ledger and live view (:data:`~.state.LEDGER`, :data:`~.state.VIEW`)
+and run every blocking call (a historical check, a wait for ``min_position``) in the app's
+bounded executor (:func:`~.state.run_sync`). Bodies are read like every other route's
+(:func:`~.models.read_json`): not ``application/json`` → 415, over the limit → 413, malformed →
+400 ``invalid_json``; a missing, unknown or mistyped member → 400 naming it in ``field``.
+
 ``authorize(request, mission_id)`` comes from the server: it authenticates the caller and raises
 (an aiohttp HTTP error or a :class:`~mission_ledger.errors.MissionLedgerError`) when the caller
 may not check that Mission; a Mission outside the caller's scope is a 404, like an unknown one.
-It is called with ``None`` only on the path to a 400, so an unauthenticated caller learns
-nothing about validation. In a batch, a per-item 404 answers that item ``not_found``; any other
-refusal fails the whole request.
+It is called with ``None`` only on the path to a 4xx for the body, so an unauthenticated caller
+learns nothing about validation. In a batch, a per-item 404 answers that item ``not_found``; any
+other refusal fails the whole request.
 
 When the live view is not current, checks answer ``deny`` / ``view_unavailable`` with HTTP 503
-(a body a PEP can act on) and AgentPass answers a 503 problem. Errors are
-``application/problem+json``.
+(a body a PEP can act on) and AgentPass answers a 503 problem ``view_unavailable``. Every error
+is raised, and the server's :func:`~.problems.error_middleware` turns it into
+``application/problem+json`` (the one mapping of the error hierarchy, :mod:`.problems`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import json
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
 from ..checks import (
     CheckResult,
-    LiveAuthorizationView,
     agentpass_configuration,
     agentpass_scope,
     answer_authzen,
@@ -40,75 +42,37 @@ from ..checks import (
     parse_authzen_evaluation,
     parse_authzen_evaluations,
 )
-from ..domain.errors import InvalidInput, MissionLedgerError, NotFound
+from ..domain.errors import InvalidInput, NotFound
 from ..domain.timefmt import parse_rfc3339
 from ..errors import Unavailable
-from ..ledger import MissionLedger
+from .models import read_json
+from .problems import PROBLEM_JSON, StaleView, ViewUnavailable
+from .spec import json_response
+from .state import LEDGER, VIEW, run_sync
 
 __all__ = ["CHECK_OPENAPI_PATHS", "MAX_MIN_POSITION_WAIT", "add_check_routes"]
 
 Authorize = Callable[[web.Request, str | None], Awaitable[None]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROBLEM_JSON = "application/problem+json"
 MAX_MIN_POSITION_WAIT = 2.0  # seconds a check may wait for the view to reach min_position
 CHECK_MEMBERS = ("action", "resource", "at", "min_position")
 
 
-def _problem(status: int, code: str, detail: str, *, field: str | None = None) -> web.Response:
-    """A problem+json response (the server's shared helper will replace this one)."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "code": code,
-        "detail": detail,
-    }
-    if field is not None:
-        body["field"] = field
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return web.Response(
-        status=status,
-        text=json.dumps(body, ensure_ascii=False),
-        content_type=PROBLEM_JSON,
-        headers=headers,
-    )
-
-
-def _error(error: MissionLedgerError) -> web.Response:
-    field = error.details.get("field")
-    return _problem(
-        error.http_status, error.code, error.description, field=field if field else None
-    )
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status)
-
-
-def _with_errors(handler: Handler) -> Handler:
-    """Answer this module's own errors (400, 503); everything else, including whatever
-    ``authorize`` raises (401 with its ``WWW-Authenticate``, 404, …), goes to the server."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except (InvalidInput, Unavailable) as error:
-            return _error(error)
-
-    return wrapper
-
-
 async def _body(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, or :class:`InvalidInput`."""
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the request body must be a JSON object", field="body") from None
+    """The body as a JSON object (the shared reader: 400/413/415), or :class:`InvalidInput`."""
+    body = await read_json(request, required=True)
     if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object", field="body")
+        raise InvalidInput(
+            f"the request body must be a JSON object, not {type(body).__name__}", field="body"
+        )
     return body
+
+
+def _answer(body: Any, status: int = 200) -> web.Response:
+    """A check's JSON answer; a 503 (``view_unavailable``) says when to retry, as problems do."""
+    return json_response(
+        body, status=status, headers={"Retry-After": "1"} if status == 503 else None
+    )
 
 
 def _check_status(result: CheckResult) -> int:
@@ -138,14 +102,37 @@ def _parse_check_body(body: dict[str, Any]) -> tuple[str, str, Any, int | None]:
     return action, resource, at, min_position
 
 
-def add_check_routes(
-    app: web.Application,
-    *,
-    view_key: web.AppKey[LiveAuthorizationView],
-    ledger_key: web.AppKey[MissionLedger],
-    authorize: Authorize,
-) -> None:
-    """Register the five check routes on ``app``."""
+def _context_min_position(body: dict[str, Any]) -> int | None:
+    """AuthZEN requests carry read-your-writes in ``context.min_position`` (open member)."""
+    context = body.get("context")
+    value = context.get("min_position") if isinstance(context, dict) else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InvalidInput(
+            "context.min_position must be a non-negative integer", field="context.min_position"
+        )
+    return value
+
+
+async def _reach(request: web.Request, min_position: int | None, field: str) -> None:
+    """Wait (bounded) until the live view reflects ``min_position``; 503 ``stale_view`` if not."""
+    view = request.app[VIEW]
+    if min_position is None or view.position >= min_position or not view.healthy():
+        return  # an unhealthy view answers view_unavailable by itself
+    if not await run_sync(request, view.wait_for, min_position, MAX_MIN_POSITION_WAIT):
+        raise StaleView(
+            f"the authorization view has not reached ledger position {min_position} "
+            f"within {MAX_MIN_POSITION_WAIT:g} s (it is at {view.position}); retry",
+            field=field,
+            ledger_position=view.position,
+        )
+
+
+def add_check_routes(app: web.Application, *, authorize: Authorize) -> None:
+    """Register the five check routes on ``app``.
+
+    The app must carry :data:`~.state.LEDGER`, :data:`~.state.VIEW`, :data:`~.state.EXECUTOR`
+    and :data:`~.state.OPTIONS` (the body limit), and :func:`~.problems.error_middleware`.
+    """
 
     async def mission_check(request: web.Request) -> web.StreamResponse:
         mission_id = request.match_info["id"]
@@ -156,46 +143,36 @@ def add_check_routes(
             await authorize(request, None)
             raise
         await authorize(request, mission_id)
-        ledger = request.app[ledger_key]
-        loop = asyncio.get_running_loop()
+        ledger = request.app[LEDGER]
         if at is not None:
-            result = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    check_at, ledger, mission_id, action=action, resource=resource, at=at
-                ),
+            result = await run_sync(
+                request, check_at, ledger, mission_id, action=action, resource=resource, at=at
             )
-            return _json(result.to_dict())
-        view = request.app[view_key]
-        if min_position is not None and view.position < min_position and view.healthy():
-            reached = await loop.run_in_executor(
-                None, view.wait_for, min_position, MAX_MIN_POSITION_WAIT
-            )
-            if not reached:
-                return _problem(
-                    503,
-                    "stale_view",
-                    f"the authorization view has not reached ledger position {min_position} "
-                    f"within {MAX_MIN_POSITION_WAIT:g} s (it is at {view.position}); retry",
-                    field="min_position",
-                )
+            return _answer(result.to_dict())
+        view = request.app[VIEW]
+        await _reach(request, min_position, "min_position")
         result = view.check(mission_id, action=action, resource=resource, now=ledger.clock.now())
-        return _json(result.to_dict(), _check_status(result))
+        return _answer(result.to_dict(), _check_status(result))
 
     async def evaluation(request: web.Request) -> web.StreamResponse:
         try:
-            query = parse_authzen_evaluation(await _body(request))
+            raw = await _body(request)
+            query = parse_authzen_evaluation(raw)
+            min_position = _context_min_position(raw)
         except InvalidInput:
             await authorize(request, None)
             raise
         await authorize(request, query.mission_id)
-        now = request.app[ledger_key].clock.now()
-        response, result = answer_authzen(request.app[view_key], query, now=now)
-        return _json(response, _check_status(result))
+        await _reach(request, min_position, "context.min_position")
+        now = request.app[LEDGER].clock.now()
+        response, result = answer_authzen(request.app[VIEW], query, now=now)
+        return _answer(response, _check_status(result))
 
     async def evaluations(request: web.Request) -> web.StreamResponse:
         try:
-            queries, semantic = parse_authzen_evaluations(await _body(request))
+            raw = await _body(request)
+            queries, semantic = parse_authzen_evaluations(raw)
+            min_position = _context_min_position(raw)
         except InvalidInput:
             await authorize(request, None)
             raise
@@ -205,12 +182,13 @@ def add_check_routes(
                 await authorize(request, mission_id)
             except (web.HTTPNotFound, NotFound):
                 hidden.add(mission_id)
-        now = request.app[ledger_key].clock.now()
+        await _reach(request, min_position, "context.min_position")
+        now = request.app[LEDGER].clock.now()
         response, results = evaluate_authzen_batch(
-            request.app[view_key], queries, semantic, now=now, hidden=hidden
+            request.app[VIEW], queries, semantic, now=now, hidden=hidden
         )
         status = 503 if any(r.reason == "view_unavailable" for r in results) else 200
-        return _json(response, status)
+        return _answer(response, status)
 
     async def authorization_check(request: web.Request) -> web.StreamResponse:
         try:
@@ -224,24 +202,23 @@ def add_check_routes(
             await authorize(request, None)
             raise
         await authorize(request, authorization_id)
-        view = request.app[view_key]
-        now = request.app[ledger_key].clock.now()
+        now = request.app[LEDGER].clock.now()
         try:
-            scope = agentpass_scope(view, authorization_id, now=now)
+            scope = agentpass_scope(request.app[VIEW], authorization_id, now=now)
         except Unavailable as error:
-            return _problem(503, "view_unavailable", error.description)
+            raise ViewUnavailable(error.description) from None
         if scope is None:
-            return _json({"error": "not_found"}, 404)
-        return _json({"scope": scope})
+            return _answer({"error": "not_found"}, 404)
+        return _answer({"scope": scope})
 
     async def configuration(request: web.Request) -> web.StreamResponse:
-        return _json(agentpass_configuration(request.app[ledger_key].issuer))
+        return _answer(agentpass_configuration(request.app[LEDGER].issuer))
 
-    app.router.add_post("/missions/{id}/check", _with_errors(mission_check))
-    app.router.add_post("/access/v1/evaluation", _with_errors(evaluation))
-    app.router.add_post("/access/v1/evaluations", _with_errors(evaluations))
-    app.router.add_post("/agentpass/authorization-check", _with_errors(authorization_check))
-    app.router.add_get("/agentpass/configuration", _with_errors(configuration))
+    app.router.add_post("/missions/{id}/check", mission_check)
+    app.router.add_post("/access/v1/evaluation", evaluation)
+    app.router.add_post("/access/v1/evaluations", evaluations)
+    app.router.add_post("/agentpass/authorization-check", authorization_check)
+    app.router.add_get("/agentpass/configuration", configuration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,3 +567,20 @@ CHECK_OPENAPI_PATHS: dict[str, Any] = {
         }
     },
 }
+
+
+def _add_common_post_errors(paths: dict[str, Any]) -> None:
+    """What every POST check route may also answer, as the other routes do (401 before the
+    body is judged; 413/415 from the shared body reader, :func:`~.models.read_json`)."""
+    common = {
+        "401": "No or an invalid bearer token (WWW-Authenticate says which).",
+        "413": "The body is larger than the server accepts.",
+        "415": "The body is not application/json.",
+    }
+    for item in paths.values():
+        if "post" in item:
+            for status, description in common.items():
+                item["post"]["responses"].setdefault(status, _problem_response(description))
+
+
+_add_common_post_errors(CHECK_OPENAPI_PATHS)

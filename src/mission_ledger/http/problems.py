@@ -7,7 +7,9 @@ few errors of its own to that hierarchy here:
 
     MissionLedgerError
     ├── Unauthorized (401)          no or an invalid bearer token (+ WWW-Authenticate)
-    ├── Unavailable (503) ── StaleView   the read side did not reach min_position in time
+    ├── Unavailable (503)
+    │   ├── StaleView               the read side did not reach min_position in time
+    │   └── ViewUnavailable         the live authorization view is not current (fail closed)
     ├── InvalidInput (400)
     │   ├── InvalidJson             the body is not JSON (or not UTF-8)
     │   ├── UnsupportedMediaType    415: a body that is not application/json
@@ -77,6 +79,13 @@ class StaleView(Unavailable):
     """A read asked for ``min_position`` and the read side did not get there in time."""
 
     code = "stale_view"
+
+
+class ViewUnavailable(Unavailable):
+    """The live authorization view is not current (its tailer is down or lags): an answer that
+    has no check-result body (AgentPass) fails closed with this 503."""
+
+    code = "view_unavailable"
 
 
 class MethodNotAllowed(MissionLedgerError):

@@ -522,7 +522,7 @@ def views_env(settings: Settings, *, pool_size: int) -> Environment:
 
 def open_views(settings: Settings, *, pool_size: int = 2) -> Views:
     """Construct the views recorder for ``settings`` and make sure its tables exist."""
-    from ..bootstrap import prepare_storage  # bootstrap imports the ledger; keep this lazy
+    from ..bootstrap import prepare_storage, schema_lock  # bootstrap imports the ledger: lazy
 
     prepare_storage(settings)  # the data directory, or the PostgreSQL schema
     if settings.backend() == "memory":
@@ -547,7 +547,8 @@ def open_views(settings: Settings, *, pool_size: int = 2) -> Views:
         except OSError as error:  # the library reports unusable settings as OSError
             raise Unavailable(f"cannot open the projection store ({error})") from error
         try:
-            _ensure(views)
+            with schema_lock(settings):  # serialises table creation across processes
+                _ensure(views)
         except BaseException:
             views.close()
             raise
