@@ -439,6 +439,25 @@ def cmd_audit(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> O
 # -- the parser -----------------------------------------------------------------------------------
 
 
+def add_command(
+    where: Any, name: str, summary: str, epilog: str, common: argparse.ArgumentParser, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add one (sub)command with a wrapped description, an epilog and the global options.
+
+    ``where`` is argparse's subparsers action; every command module registers through this.
+    """
+    parser: argparse.ArgumentParser = where.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(summary, 88),
+        epilog=epilog,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    return parser
+
+
 def _add_global_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("global options (before or after the command)")
     group.add_argument(
@@ -508,16 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def add(name: str, summary: str, example: str, **kwargs: Any) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(
-            name,
-            help=summary,
-            description=textwrap.fill(summary, 88),
-            epilog=f"example:\n  {example}",
-            parents=[common],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **kwargs,
-        )
-        return p
+        return add_command(sub, name, summary, f"example:\n  {example}", common, **kwargs)
 
     p = add(
         "propose",

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import textwrap
 import threading
 import time
 from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, Any
 
-from .cli import PROG, Output, render_fields
+from .cli import PROG, Output, add_command, render_fields
 from .config import Settings
 from .ledger import MissionLedger
 from .projections import PROJECTIONS, ProjectionWorker, WorkerProgress, rebuild
@@ -193,14 +192,7 @@ def add_projection_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "Apply the ledger's events to the projection views (mission_index, delegation_graph, "
         "authorization), exactly once, until SIGTERM/SIGINT; --once applies what is there."
     )
-    p: argparse.ArgumentParser = sub.add_parser(
-        "worker",
-        help=summary,
-        description=textwrap.fill(summary, 88),
-        epilog=WORKER_EPILOG,
-        parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p: argparse.ArgumentParser = add_command(sub, "worker", summary, WORKER_EPILOG, common)
     p.add_argument("--once", action="store_true", help="apply what is there, then exit")
     p.add_argument(
         "--page-size",
@@ -230,14 +222,7 @@ def add_projection_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "Drop and recreate projection view tables and replay the ledger into them in batches: "
         "every view (default), or only the one named."
     )
-    p = sub.add_parser(
-        "rebuild",
-        help=summary,
-        description=textwrap.fill(summary, 88),
-        epilog=REBUILD_EPILOG,
-        parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "rebuild", summary, REBUILD_EPILOG, common)
     p.add_argument(
         "projection",
         nargs="?",

@@ -11,10 +11,9 @@ prints its token once on stderr.
 from __future__ import annotations
 
 import argparse
-import textwrap
 from typing import Any
 
-from .cli import PROG, Output
+from .cli import PROG, Output, add_command
 from .config import Settings
 from .domain.errors import InvalidInput
 from .ledger import MissionLedger
@@ -82,14 +81,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "Run the Authority's HTTP API (proposals, Missions, checks, OpenAPI, health, metrics) "
         "with the projection worker and the live authorization view in the same process."
     )
-    p: argparse.ArgumentParser = sub.add_parser(
-        "serve",
-        help=summary,
-        description=textwrap.fill(summary, 88),
-        epilog=SERVE_EPILOG,
-        parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p: argparse.ArgumentParser = add_command(sub, "serve", summary, SERVE_EPILOG, common)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument(
         "--port", type=_port, default=8080, help="TCP port (default 8080; 0: any free port)"

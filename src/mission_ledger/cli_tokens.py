@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from typing import Any
 
-from .cli import PROG, Output, render_fields, render_table
+from .cli import PROG, Output, add_command, render_fields, render_table
 from .config import Settings
 from .ledger import MissionLedger
 from .principals import ROLES, Principal, PrincipalRegistry
@@ -108,16 +107,7 @@ def add_tokens_parser(
     def parser(
         where: Any, name: str, summary: str, epilog: str, **kwargs: Any
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = where.add_parser(
-            name,
-            help=summary,
-            description=textwrap.fill(summary, 88),
-            epilog=epilog,
-            parents=[common],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **kwargs,
-        )
-        return p
+        return add_command(where, name, summary, epilog, common, **kwargs)
 
     tokens = parser(
         sub,

@@ -6,14 +6,13 @@ a few run ``python -m mission_ledger`` in a subprocess to prove the entry point 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,22 +24,11 @@ import pytest
 from mission_ledger.cli import main
 from mission_ledger.domain.timefmt import format_rfc3339, parse_rfc3339
 from mission_ledger.ledger import DEFAULT_SYSTEM_ACTOR
+from tests.integration.conftest import LEDGER_ENV_VARS
 from tests.pgtarget import PgTarget
 
 ERP = "https://erp.example.com"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
-ENV_VARS = (
-    "MISSION_LEDGER_DATABASE_URL",
-    "MISSION_LEDGER_DATA",
-    "MISSION_LEDGER_ISSUER",
-    "MISSION_LEDGER_ACTOR",
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @dataclass
@@ -561,85 +549,51 @@ def test_help_teaches_the_walkthrough(cli: Cli) -> None:
     assert "example:\n  mission-ledger delegate MISSION_ID --agent" in sub.out
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("mission_ledger.audit") is None,
-    reason="mission_ledger.audit has not landed yet",
-)
-def test_audit_verify_on_an_intact_ledger(cli: Cli) -> None:
+def test_audit_verify_checkpoint_export_and_a_break(cli: Cli) -> None:
+    """The audit commands on a real store: verify, checkpoint, export, then a tampered row."""
     approved_mission(cli)
-    run = cli("audit", "verify", "--audit-dir", str(cli.tmp / "audit"), "--json")
-    assert run.code == 0, run.err
-    assert isinstance(run.json(), dict)
-
-
-class _FakeReport:
-    def __init__(self, ok: bool) -> None:
-        self.ok = ok
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "first_break": None if self.ok else {"version": 2}}
-
-    def summary(self) -> str:
-        return "all chains intact" if self.ok else "break in Mission M at version 2 (event E)"
-
-
-def test_audit_commands_are_wired(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's side of the audit API, with a stand-in module (the real one is tested above)."""
-    calls: list[tuple[str, Any]] = []
-    state = {"ok": True}
-    fake = types.ModuleType("mission_ledger.audit")
-
-    def verify(ledger: Any, *, audit_dir: Path) -> _FakeReport:
-        calls.append(("verify", audit_dir))
-        return _FakeReport(state["ok"])
-
-    def checkpoint(ledger: Any, *, audit_dir: Path) -> dict[str, Any]:
-        calls.append(("checkpoint", audit_dir))
-        return {"checkpoint": 1, "heads": 3}
-
-    def export(ledger: Any, out: Any, *, audit_dir: Path, since: datetime | None) -> int:
-        calls.append(("export", since))
-        out.write('{"event": 1}\n')
-        return 1
-
-    fake.verify = verify  # type: ignore[attr-defined]
-    fake.checkpoint = checkpoint  # type: ignore[attr-defined]
-    fake.export = export  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mission_ledger.audit", fake)
-
     intact = cli("audit", "verify")
-    assert (intact.code, intact.out.strip()) == (0, "all chains intact")
-    assert calls[-1] == ("verify", cli.tmp / "data" / "audit")
-    state["ok"] = False
-    broken = cli("audit", "verify", "--json", "--audit-dir", str(cli.tmp / "elsewhere"))
-    assert broken.code == 5
-    assert broken.json()["first_break"] == {"version": 2}
-    assert calls[-1] == ("verify", cli.tmp / "elsewhere")
-    assert "version 2" in cli("audit", "verify").out
+    assert intact.code == 0, intact.err
+    report = cli.ok("audit", "verify", "--json")
+    assert report["ok"] is True
+    assert report["problems"] == []
 
-    assert cli.ok("audit", "checkpoint") == {"checkpoint": 1, "heads": 3}
+    signed = cli.ok("audit", "checkpoint")
+    assert signed["alg"] == "EdDSA"
+    assert signed["signature"]
+    assert (cli.tmp / "data" / "audit" / "checkpoints.jsonl").exists()
+
     target = cli.tmp / "events.jsonl"
     exported = cli.ok("audit", "export", "--since", "2026-01-01T00:00:00Z", "--output", str(target))
-    assert exported == {"exported": 1, "output": str(target)}
-    assert calls[-1][1] == datetime(2026, 1, 1, tzinfo=UTC)
-    assert target.read_text(encoding="utf-8") == '{"event": 1}\n'
-    to_stdout = cli("audit", "export")
-    assert (to_stdout.code, to_stdout.out) == (0, '{"event": 1}\n')
+    lines = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    events = [line for line in lines if line["kind"] == "event"]
+    assert exported["exported"] == len(events) >= 3
+    assert any(line["kind"] == "checkpoint" for line in lines)
+    elsewhere = cli.tmp / "elsewhere"
+    assert cli("audit", "verify", "--audit-dir", str(elsewhere)).code == 0  # no checkpoint there
 
-    def explode(ledger: Any, *, audit_dir: Path) -> dict[str, Any]:
-        raise RuntimeError("disk on fire\nsecond line")
-
-    fake.checkpoint = explode  # type: ignore[attr-defined]
-    failed = cli("audit", "checkpoint")
-    assert failed.code == 1
-    assert failed.err == "error: unexpected failure: RuntimeError: disk on fire\n"
+    with sqlite3.connect(cli.tmp / "data" / "ledger.sqlite3") as db:
+        rowid, state = db.execute(
+            "SELECT rowid, state FROM stored_events ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        db.execute(
+            "UPDATE stored_events SET state = ? WHERE rowid = ?",
+            (bytes(state).replace(b"alice", b"mallory", 1), rowid),
+        )
+    broken = cli("audit", "verify", "--json")
+    assert broken.code == 5
+    assert broken.json()["ok"] is False
+    assert broken.json()["first_break"]["version"] >= 1
+    human = cli("audit", "verify")
+    assert human.code == 5
+    assert "version" in human.out
 
 
 # -- the real entry point ---------------------------------------------------------------------
 
 
 def run_module(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LEDGER_ENV_VARS}
     return subprocess.run(
         [sys.executable, "-m", "mission_ledger", *argv],
         input=stdin,

@@ -28,18 +28,6 @@ from mission_ledger.principals import Principal, PrincipalRegistry
 from tests.pgtarget import PgTarget
 
 ERP = "https://erp.example.com"
-ENV_VARS = (
-    "MISSION_LEDGER_DATABASE_URL",
-    "MISSION_LEDGER_DATA",
-    "MISSION_LEDGER_ISSUER",
-    "MISSION_LEDGER_ACTOR",
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @dataclass
