@@ -205,6 +205,32 @@ def _read_model(aggregate: PrincipalAggregate) -> Principal:
     )
 
 
+class NeedsStore:
+    """The type of :data:`NEEDS_STORE`."""
+
+
+NEEDS_STORE = NeedsStore()
+
+
+def _parse_token(token: object) -> tuple[str, str] | None:
+    """``(principal id, SHA-256 of the secret)`` of a well-formed token, else None."""
+    if not isinstance(token, str) or len(token) != _TOKEN_LENGTH:
+        return None
+    match = _TOKEN.fullmatch(token)
+    if match is None:
+        return None
+    return str(UUID(hex=match.group(1))), _hash_secret(match.group(2))
+
+
+def _verify(entry: tuple[str, Principal] | None, presented: str) -> Principal | None:
+    """Constant-time check of a presented secret hash against a cache entry (or a dummy)."""
+    expected, principal = entry if entry is not None else (_DUMMY_HASH, None)
+    matches = hmac.compare_digest(presented, expected)
+    if principal is None or not matches or principal.revoked:
+        return None
+    return principal
+
+
 class PrincipalRegistry:
     """Create, list, revoke and authenticate principals stored in the ledger.
 
@@ -414,24 +440,31 @@ class PrincipalRegistry:
 
     def authenticate(self, token: str) -> Principal | None:
         """The live principal a bearer token belongs to, or None (malformed, unknown, revoked,
-        wrong secret — deliberately indistinguishable)."""
-        if not isinstance(token, str) or len(token) != _TOKEN_LENGTH:
+        wrong secret — deliberately indistinguishable). May read the store (cache refresh)."""
+        parsed = _parse_token(token)
+        if parsed is None:
             return None
-        match = _TOKEN.fullmatch(token)
-        if match is None:
-            return None
-        key = str(UUID(hex=match.group(1)))
-        presented = _hash_secret(match.group(2))
+        key, presented = parsed
         self._refresh(REFRESH_INTERVAL)
         entry = self._entries.get(key)
         if entry is None:
             self._refresh(MISS_REFRESH_INTERVAL)
             entry = self._entries.get(key)
-        expected, principal = entry if entry is not None else (_DUMMY_HASH, None)
-        matches = hmac.compare_digest(presented, expected)
-        if principal is None or not matches or principal.revoked:
+        return _verify(entry, presented)
+
+    def authenticate_in_memory(self, token: str) -> Principal | NeedsStore | None:
+        """:meth:`authenticate` without touching the store: the answer when the cache is fresh
+        and knows the token's principal (an event loop may call this), else ``NEEDS_STORE``."""
+        parsed = _parse_token(token)
+        if parsed is None:
             return None
-        return principal
+        if time.monotonic() - self._refreshed_at >= REFRESH_INTERVAL:
+            return NEEDS_STORE
+        key, presented = parsed
+        entry = self._entries.get(key)
+        if entry is None:
+            return NEEDS_STORE
+        return _verify(entry, presented)
 
     @staticmethod
     def _parse_id(principal_id: str) -> UUID:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,9 @@ from mission_ledger.domain.principal import Principal as PrincipalAggregate
 from mission_ledger.ledger import MissionLedger
 from mission_ledger.principals import (
     MISSION_OPERATIONS,
+    NEEDS_STORE,
     PROPOSAL_OPERATIONS,
+    REFRESH_INTERVAL,
     ROLES,
     Principal,
     PrincipalRegistry,
@@ -531,3 +534,19 @@ def test_create_validates_before_writing(
         registry.create(role="harness", name="bot", actor="operator:root")
     assert ledger.recorder.max_notification_id() is None
     assert not registry.has_any()
+
+
+def test_authenticate_in_memory_answers_only_from_a_fresh_cache(
+    registry: PrincipalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, token = registry.create(role="auditor", name="reader", actor="operator:root")
+    assert registry.authenticate(token) == p  # fills and refreshes the cache
+    assert registry.authenticate_in_memory(token) == p
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert registry.authenticate_in_memory(flipped) is None  # known principal, wrong secret
+    assert registry.authenticate_in_memory("mlt_nonsense") is None  # malformed: no store needed
+    unknown = f"mlt_{uuid4().hex}_{token[37:]}"
+    assert registry.authenticate_in_memory(unknown) is NEEDS_STORE  # maybe created elsewhere
+    stale = time.monotonic() + REFRESH_INTERVAL + 1
+    monkeypatch.setattr(time, "monotonic", lambda: stale)
+    assert registry.authenticate_in_memory(token) is NEEDS_STORE  # revocations may be pending

@@ -16,7 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..domain.principal import APPROVER, AUDITOR, HARNESS, OPERATOR, RECEIVER
-from ..principals import Principal, require_role
+from ..principals import Principal, NeedsStore, require_role
 from .problems import Unauthorized
 from .state import AUTH_TIMEOUT, REGISTRY, run_bounded
 
@@ -77,9 +77,13 @@ async def authenticate(request: web.Request) -> Principal:
         return cached
     token = bearer_token(request)
     registry = request.app[REGISTRY]
-    principal = await run_bounded(
-        request, AUTH_TIMEOUT, "authentication", registry.authenticate, token
-    )
+    known = registry.authenticate_in_memory(token)  # the hot path: no thread hop, no store
+    if isinstance(known, NeedsStore):
+        principal = await run_bounded(
+            request, AUTH_TIMEOUT, "authentication", registry.authenticate, token
+        )
+    else:
+        principal = known
     if principal is None:
         raise Unauthorized(
             "the bearer token is not valid (unknown, revoked or malformed)", token_given=True
