@@ -105,7 +105,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 def format_table(rows: list[Row]) -> list[str]:
     header = (
-        f"{'measurement':<28} {'variant':<36} {'rate':>14} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'measurement':<26} {'variant':<40} {'rate':>14} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'vs base':>8}  note"
     )
     lines = [header, "-" * len(header)]
@@ -113,7 +113,7 @@ def format_table(rows: list[Row]) -> list[str]:
         rate = "-" if r.rate is None else f"{r.rate:,.0f} {r.unit}"
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
         lines.append(
-            f"{r.part:<28} {r.variant:<36} {rate:>14} {_num(r.p50_ms, '8.2f'):>8} "
+            f"{r.part:<26} {r.variant:<40} {rate:>14} {_num(r.p50_ms, '8.2f'):>8} "
             f"{_num(r.p99_ms, '8.2f'):>8} {ratio:>8}  {r.note}"
         )
     return lines
@@ -371,7 +371,7 @@ def measure_http(args: argparse.Namespace, report: Report) -> None:
         if server_core is not None
         else "not pinned (fewer than 2 cores)"
     )
-    part = f"HTTP, {args.connections} conns"
+    part = f"HTTP, {args.connections} connections"
     for variant in args.http_variants:
         pooled = [ms for c in cells[variant] for ms in c.latencies_ms]
         errors = sum(c.errors for c in cells[variant])
@@ -553,14 +553,44 @@ def _loop_rate(step: Callable[[int], None], seconds: float) -> float:
             return calls / (now - t0)
 
 
+def _naive_step(ledger: Any, ids: list[str]) -> Callable[[int], None]:
+    """The check without a view: load the Mission aggregate, then its state and Authority Set."""
+    from mission_ledger.domain.mission import ACTIVE
+
+    def naive(n: int) -> None:
+        mission = ledger.get_mission(ids[n % len(ids)])
+        now = ledger.clock.now()
+        allowed = (
+            mission.effective_state(now) == ACTIVE
+            and mission.evaluate(action=ACTION, resource=RESOURCE, at=now).allowed
+        )
+        if not allowed:
+            raise RuntimeError("naive check denied")
+
+    return naive
+
+
+def _rounds(
+    steps: dict[str, Callable[[int], None]], args: argparse.Namespace, label: str
+) -> dict[str, float]:
+    """Median calls/s per step over ``args.rounds`` rounds, alternating (order flipped)."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for n in range(args.rounds):
+        for name in names if n % 2 == 0 else names[::-1]:
+            _loop_rate(steps[name], min(0.2, args.inprocess_seconds / 4))  # warm
+            rates[name].append(_loop_rate(steps[name], args.inprocess_seconds))
+            progress(f"in-process round {n + 1}, {label} {name}: {rates[name][-1]:,.0f}/s")
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
 def measure_inprocess(args: argparse.Namespace, report: Report) -> None:
     from mission_ledger.bootstrap import open_ledger
     from mission_ledger.checks import LiveAuthorizationView
-    from mission_ledger.domain.mission import ACTIVE
 
     with fresh_settings("sqlite", None) as settings:
         ledger = open_ledger(settings)
-        view = LiveAuthorizationView(ledger)
+        view = LiveAuthorizationView(ledger)  # its tailer polls the store meanwhile, as in use
         try:
             view.start()
             ids, position = new_missions(ledger, 100)
@@ -573,30 +603,24 @@ def measure_inprocess(args: argparse.Namespace, report: Report) -> None:
                 if not result.allowed:
                     raise RuntimeError(f"live check denied: {result.reason}")
 
-            def naive(n: int) -> None:
-                mission = ledger.get_mission(ids[n % 100])
-                now = clock.now()
-                allowed = (
-                    mission.effective_state(now) == ACTIVE
-                    and mission.evaluate(action=ACTION, resource=RESOURCE, at=now).allowed
-                )
-                if not allowed:
-                    raise RuntimeError("naive check denied")
-
-            rates: dict[str, list[float]] = {"naive": [], "live": []}
-            steps = {"naive": naive, "live": live}
-            with own_cpu(report, "in-process checks"):
-                for n in range(args.rounds):
-                    for name in ("naive", "live") if n % 2 == 0 else ("live", "naive"):
-                        _loop_rate(steps[name], min(0.2, args.inprocess_seconds / 4))  # warm
-                        rates[name].append(_loop_rate(steps[name], args.inprocess_seconds))
-                        progress(f"in-process round {n + 1}, {name}: {rates[name][-1]:,.0f}/s")
+            with own_cpu(report, "in-process checks, SQLite"):
+                rates = _rounds({"naive": _naive_step(ledger, ids), "live": live}, args, "sqlite")
         finally:
             view.stop()
             ledger.close()
-    naive_rate, live_rate = statistics.median(rates["naive"]), statistics.median(rates["live"])
+    pg_naive = None
+    if args.database_url and "postgres" in args.backends:  # for the reading, not the verdict
+        with fresh_settings("postgres", args.database_url) as settings:
+            ledger = open_ledger(settings)
+            try:
+                ids, _ = new_missions(ledger, 100)
+                with own_cpu(report, "in-process naive check, PostgreSQL"):
+                    pg_naive = _rounds({"naive": _naive_step(ledger, ids)}, args, "postgres")
+            finally:
+                ledger.close()
+    naive_rate, live_rate = rates["naive"], rates["live"]
     ratio = live_rate / naive_rate
-    part = "in-process checks, SQLite"
+    part = "in-process, SQLite"
     report.rows.append(
         Row(
             part,
@@ -604,7 +628,7 @@ def measure_inprocess(args: argparse.Namespace, report: Report) -> None:
             naive_rate,
             "/s",
             ratio=1.0,
-            note=f"{1e6 / naive_rate:.1f} us/check (Missions at version 1)",
+            note=f"{1e6 / naive_rate:.0f} us/check (Missions at version 1)",
         )
     )
     report.rows.append(
@@ -617,8 +641,19 @@ def measure_inprocess(args: argparse.Namespace, report: Report) -> None:
             note=f"{1e6 / live_rate:.1f} us/check",
         )
     )
+    if pg_naive is not None:
+        report.rows.append(
+            Row(
+                "in-process, PostgreSQL",
+                "naive (for comparison, no target)",
+                pg_naive["naive"],
+                "/s",
+                note=f"{1e6 / pg_naive['naive']:.0f} us/check; the live view is "
+                f"{live_rate / pg_naive['naive']:,.0f}x this",
+            )
+        )
     report.verdicts.append(
-        f"in-process live view >= {TARGET_INPROCESS_RATIO:.0f}x naive check: "
+        f"in-process live view >= {TARGET_INPROCESS_RATIO:.0f}x naive check (SQLite): "
         f"{'PASS' if ratio >= TARGET_INPROCESS_RATIO else 'MISS'} -- {ratio:,.0f}x "
         f"({live_rate:,.0f} vs {naive_rate:,.0f} checks/s)"
     )
@@ -720,7 +755,7 @@ def measure_lag(args: argparse.Namespace, report: Report) -> None:
             note += f"; {len(odd)} anomalies ({odd[0][:60]})"
         label = "PostgreSQL" if backend == "postgres" else "SQLite"
         report.rows.append(
-            Row(f"revoke -> deny lag, {label}", "LiveAuthorizationView (poll 2 ms)", None, "",
+            Row(f"revoke->deny, {label}", "LiveAuthorizationView (polls every 2 ms)", None, "",
                 p50, p99, None, note)
         )  # fmt: skip
         ok = bool(lags) and p99 <= TARGET_LAG_P99_MS and not odd
@@ -767,6 +802,8 @@ def catch_up_classes(settings: Any) -> tuple[type, type, type]:
 
     class CatchUpLedger(MissionLedger):
         """The ledger as ProjectionRunner constructs applications: from ``env`` alone."""
+
+        name = MissionLedger.name  # the same events table (the name derives the table)
 
         def __init__(self, env: Any = None) -> None:
             super().__init__(settings, env=env)
@@ -840,7 +877,7 @@ def measure_rebuild(args: argparse.Namespace, report: Report) -> None:
                     view_class=view_class,
                     env=env,
                 ) as runner:
-                    runner.wait(head, timeout=600)
+                    runner.wait(head, timeout=300)
                     catch_up_seconds = time.perf_counter() - t0
                     tracked = runner.view.max_tracking_id(ledger.name)
             if tracked != head:
@@ -850,7 +887,7 @@ def measure_rebuild(args: argparse.Namespace, report: Report) -> None:
     rebuild_rate = events / statistics.median(rebuild_times)
     base_rate = events / catch_up_seconds
     ratio = rebuild_rate / base_rate
-    part = f"rebuild, PostgreSQL, {events:,} ev"
+    part = f"rebuild, PG, {events:,} events"
     report.rows.append(
         Row(
             part,
