@@ -16,7 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..domain.principal import APPROVER, AUDITOR, HARNESS, OPERATOR, RECEIVER
-from ..principals import Principal, NeedsStore, require_role
+from ..principals import NeedsStore, Principal, require_role
 from .problems import Unauthorized
 from .state import AUTH_TIMEOUT, REGISTRY, run_bounded
 
