@@ -13,7 +13,12 @@ to do), ``http_status`` and ``exit_code`` (CLI: 0 ok, 1 unavailable, 2 invalid i
     ├── Conflict (409, 4) ── IllegalTransition, MissionConflict, IdempotencyKeyReused,
     │                        CheckpointRefused
     ├── Unavailable (503, 1)  the store (or another dependency) cannot be reached: retryable
-    └── AuditError (500, 1)   the audit itself cannot run (unreadable store, unusable key)
+    ├── AuditError (500, 1)   the audit itself cannot run (unreadable store, unusable key)
+    ├── KeyStoreError (500, 1)  the SSF signing keys cannot be read or written
+    └── SetVerificationError (400, 2)  a Security Event Token was refused; ``code`` is the
+        RFC 8935 ``err``: InvalidSetRequest (invalid_request), InvalidSetKey (invalid_key),
+        InvalidSetSignature (authentication_failed), InvalidSetIssuer (invalid_issuer),
+        InvalidSetAudience (invalid_audience)
 """
 
 from __future__ import annotations
@@ -43,9 +48,16 @@ __all__ = [
     "InvalidAuthority",
     "InvalidInput",
     "InvalidProposal",
+    "InvalidSetAudience",
+    "InvalidSetIssuer",
+    "InvalidSetKey",
+    "InvalidSetRequest",
+    "InvalidSetSignature",
+    "KeyStoreError",
     "MissionConflict",
     "MissionLedgerError",
     "NotFound",
+    "SetVerificationError",
     "Unavailable",
     "first_line",
 ]
@@ -77,3 +89,48 @@ class CheckpointRefused(Conflict):
     """A checkpoint was asked for while the ledger does not verify cleanly."""
 
     code = "checkpoint_refused"
+
+
+class KeyStoreError(MissionLedgerError):
+    """The key store cannot be read or written (unreadable index or key file, bad permissions)."""
+
+    code = "key_store_error"
+    http_status = 500
+    exit_code = 1
+
+
+# -- SSF: Security Event Tokens (codes are RFC 8935 §2.4 `err` values) --------------------------
+
+
+class SetVerificationError(MissionLedgerError):
+    """A SET was refused; ``code`` is the RFC 8935 §2.4 ``err`` value to report."""
+
+    code = "invalid_request"
+    http_status = 400
+    exit_code = 2
+
+
+class InvalidSetRequest(SetVerificationError):
+    """Not a compact JWS SET, a wrong ``typ`` or ``alg``, or claims that break the profile."""
+
+    code = "invalid_request"
+
+
+class InvalidSetKey(SetVerificationError):
+    """No published key has this ``kid``, or the key is unacceptable for the header's ``alg``."""
+
+    code = "invalid_key"
+
+
+class InvalidSetSignature(SetVerificationError):
+    """The signature does not verify: the transmitter is not authenticated (RFC 8935 §2.4)."""
+
+    code = "authentication_failed"
+
+
+class InvalidSetIssuer(SetVerificationError):
+    code = "invalid_issuer"
+
+
+class InvalidSetAudience(SetVerificationError):
+    code = "invalid_audience"
