@@ -64,7 +64,12 @@ def test_document_paths_equal_the_app_routes(
 def test_every_operation_is_named_and_answers_errors_as_problems(
     document: dict[str, Any],
 ) -> None:
-    public = {("get", "/healthz"), ("get", "/openapi.json"), ("get", "/agentpass/configuration")}
+    public = {
+        ("get", "/healthz"),
+        ("get", "/openapi.json"),
+        ("get", "/agentpass/configuration"),
+        ("get", "/jwks.json"),
+    }
     operation_ids = []
     for path, item in document["paths"].items():
         for method, operation in item.items():

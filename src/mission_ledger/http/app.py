@@ -34,6 +34,7 @@ from ..errors import Unavailable
 from ..ledger import MissionLedger
 from ..principals import PrincipalRegistry, may_view_mission
 from ..projections import ProjectionStore, ProjectionWorker
+from ..ssf.keys import FileKeyStore, MemoryKeyStore
 from . import routes_missions, routes_proposals
 from .auth import CHECK_ROLES, require
 from .check_routes import CHECK_OPENAPI_PATHS, add_check_routes
@@ -45,6 +46,7 @@ from .state import (
     CLOCK,
     EXECUTOR,
     HEALTH_TIMEOUT,
+    KEYS,
     LEDGER,
     OPTIONS,
     PROJECTIONS,
@@ -139,6 +141,12 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[OPENAPI])
 
 
+async def jwks(request: web.Request) -> web.StreamResponse:
+    """The public signing keys (active and retiring): the ``jwks_uri`` of this Authority."""
+    document = await run_sync(request, request.app[KEYS].jwks)
+    return json_response(document, headers={"Cache-Control": "public, max-age=300"})
+
+
 def _gauges(app: web.Application) -> list[tuple[str, str, float]]:
     _, health = _health(app)
     gauges = [
@@ -203,6 +211,17 @@ OPERATIONS_ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/jwks.json",
+        jwks,
+        "jwks",
+        "The public keys that sign Security Event Tokens (RS256 and ES256), by kid",
+        "operations",
+        {200: "JwkSet"},
+        public=True,
+        errors=(),
+    ),
+    Route(
+        "GET",
         "/metrics",
         metrics,
         "metrics",
@@ -252,6 +271,7 @@ async def authorize_check(request: web.Request, mission_id: str | None) -> None:
 
 
 def _start(app: web.Application) -> None:
+    app[KEYS].ensure_keys()  # one active RS256 and ES256 key from the first start on
     app[VIEW].start()
     worker = app[WORKER]
     if worker is None:
@@ -355,6 +375,11 @@ def _build(
         )
     app[VIEW] = LiveAuthorizationView(ledger, **view_options)
     app[PROJECTIONS] = store
+    app[KEYS] = (
+        MemoryKeyStore()
+        if settings.backend() == "memory"
+        else FileKeyStore(settings.data_dir / "ssf-keys")
+    )
     app[WORKER] = worker
     app[RUNTIME] = {}
     app[METRICS] = HttpMetrics()

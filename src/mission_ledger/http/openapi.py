@@ -182,6 +182,27 @@ STATIC_SCHEMAS: dict[str, Any] = {
         },
     },
     "OpenApiDocument": _ANY_OBJECT,
+    "JwkSet": {
+        "type": "object",
+        "description": "RFC 7517 JWK Set: the public keys that sign this Authority's SETs.",
+        "required": ["keys"],
+        "properties": {
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kty", "kid", "alg", "use"],
+                    "properties": {
+                        "kty": {"type": "string"},
+                        "kid": {"type": "string"},
+                        "alg": {"type": "string", "enum": ["RS256", "ES256"]},
+                        "use": {"type": "string", "enum": ["sig"]},
+                    },
+                    "additionalProperties": True,
+                },
+            }
+        },
+    },
 }
 
 

@@ -23,6 +23,7 @@ from ..errors import Unavailable
 from ..ledger import MissionLedger
 from ..principals import PrincipalRegistry
 from ..projections import ProjectionStore, ProjectionWorker
+from ..ssf.keys import KeyStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,6 +54,7 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 REGISTRY = web.AppKey("registry", PrincipalRegistry)
 VIEW = web.AppKey("authorization_view", LiveAuthorizationView)
 PROJECTIONS = web.AppKey("projection_store", ProjectionStore)
+KEYS = web.AppKey("ssf_keys", KeyStore)
 # The embedded projection worker; None with --no-worker (`mission-ledger worker` runs it).
 WORKER: web.AppKey[ProjectionWorker | None] = web.AppKey("projection_worker")
 
