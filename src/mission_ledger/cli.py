@@ -439,6 +439,17 @@ def cmd_audit(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> O
 # -- the parser -----------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for whole numbers ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_command(
     where: Any, name: str, summary: str, epilog: str, common: argparse.ArgumentParser, **kwargs: Any
 ) -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, Any
 
-from .cli import PROG, Output, add_command, render_fields
+from .cli import PROG, Output, add_command, positive_int, render_fields
 from .config import Settings
 from .ledger import MissionLedger
 from .projections import PROJECTIONS, ProjectionWorker, WorkerProgress, rebuild
@@ -40,16 +40,6 @@ examples:
 
 Stop the worker first (on PostgreSQL the rebuild refuses while it runs; on SQLite a running
 worker stops itself when the views change under it). Rebuild after changing projections/*.sql."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -196,7 +186,7 @@ def add_projection_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="apply what is there, then exit")
     p.add_argument(
         "--page-size",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="events folded per transaction (default 1000)",
@@ -233,7 +223,7 @@ def add_projection_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--page-size",
-        type=_positive_int,
+        type=positive_int,
         default=5000,
         metavar="N",
         help="events folded per batch (default 5000)",

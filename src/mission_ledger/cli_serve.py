@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli import PROG, Output, add_command
+from .cli import PROG, Output, add_command, positive_int
 from .config import Settings
 from .domain.errors import InvalidInput
 from .ledger import MissionLedger
@@ -26,16 +26,6 @@ examples:
 
 On first start against an empty store the bootstrap operator's token is printed once on
 stderr: store it, only its hash is kept. Mint more with `{PROG} tokens create`."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -88,7 +78,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-body-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=1024 * 1024,
         metavar="N",
         help="largest request body accepted, larger ones get 413 (default 1048576)",

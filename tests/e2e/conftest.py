@@ -186,3 +186,35 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         if server.process.poll() is None:
             server.stop()
+
+
+def readme_block(heading: str) -> str:
+    """The first bash block of the README section that starts with ``heading``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split(heading, 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert match, f"the README's {heading!r} section has no bash block"
+    return match.group(1)
+
+
+def run_readme_script(script: str, data: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a README block as written (bash -euo pipefail, from the checkout, on store ``data``)
+    and assert it succeeded."""
+    environ = {
+        **os.environ,
+        **env,
+        "MISSION_LEDGER_DATA": str(data),
+        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    environ.pop("MISSION_LEDGER_DATABASE_URL", None)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"walk-through failed:\n{done.stdout}\n{done.stderr}"
+    return done
