@@ -10,6 +10,7 @@ to do), ``http_status`` and ``exit_code`` (CLI: 0 ok, 1 unavailable, 2 invalid i
     ├── InvalidInput (400, 2) ── InvalidProposal, InvalidAuthority, DelegationDenied
     ├── NotFound (404, 3)
     ├── Forbidden (403, 4)
+    ├── TooManyRequests (429, 4)
     ├── Conflict (409, 4) ── IllegalTransition, MissionConflict, IdempotencyKeyReused,
     │                        CheckpointRefused
     ├── Unavailable (503, 1)  the store (or another dependency) cannot be reached: retryable
@@ -35,6 +36,7 @@ from .domain.errors import (
     MissionConflict,
     MissionLedgerError,
     NotFound,
+    TooManyRequests,
 )
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "MissionLedgerError",
     "NotFound",
     "SetVerificationError",
+    "TooManyRequests",
     "Unavailable",
     "first_line",
 ]

@@ -47,6 +47,7 @@ from .domain.mission import (
     Mission,
 )
 from .domain.proposal import PENDING, Proposal, parse_proposal_document
+from .domain.stream import Stream  # noqa: F401 (defining the class registers its event topics)
 from .domain.timefmt import format_rfc3339, parse_rfc3339
 from .errors import Unavailable, first_line
 from .groupcommit import GroupCommitter

@@ -12,6 +12,7 @@ code (0 success, 2 invalid input, 3 not found, 4 conflict or illegal transition)
     │   └── DelegationDenied                    a child Mission was refused (mission_denial_reason)
     ├── NotFound                  404  exit 3   no such Proposal or Mission (or not yours)
     ├── Forbidden                 403  exit 4   the actor may not do this (separation of duty, …)
+    ├── TooManyRequests           429  exit 4   too soon; ``retry_after`` says how many seconds
     └── Conflict                  409  exit 4   the current state forbids the operation
         ├── IllegalTransition                   the lifecycle table has no such move from here
         ├── MissionConflict                     a concurrent command won; carries current_version
@@ -93,6 +94,18 @@ class Forbidden(MissionLedgerError):
     code = "forbidden"
     http_status = 403
     exit_code = 4
+
+
+class TooManyRequests(MissionLedgerError):
+    """The request came sooner than a rate rule allows (e.g. ``min_verification_interval``)."""
+
+    code = "too_many_requests"
+    http_status = 429
+    exit_code = 4
+
+    def __init__(self, description: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(description, retry_after=retry_after, **details)
+        self.retry_after = retry_after
 
 
 class Conflict(MissionLedgerError):
