@@ -24,6 +24,7 @@ from mission_ledger.ssf.rfc8417_set import (
     InvalidSetSignature,
     SetVerificationError,
     build_set_claims,
+    check_set_claims,
     sign_set,
     verify_set,
 )
@@ -56,7 +57,7 @@ def store() -> MemoryKeyStore:
     return keys
 
 
-def claims(**overrides: Any) -> dict[str, Any]:
+def claims_args(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "iss": ISS,
         "aud": AUD,
@@ -66,7 +67,11 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "txn": "evt-1",
     }
     base.update(overrides)
-    return build_set_claims(**base)
+    return base
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    return build_set_claims(**claims_args(**overrides))
 
 
 def b64(data: bytes) -> str:
@@ -147,6 +152,20 @@ def test_verify_accepts_an_audience_array(store: MemoryKeyStore) -> None:
     )
     got = verify_set(token, store.jwks(), issuer=ISS, audience="receiver.example.com/mobile")
     assert got == SSF_4_1_8
+
+
+def test_verify_accepts_a_set_without_txn_but_we_never_build_one(store: MemoryKeyStore) -> None:
+    """``txn`` is a SHOULD (SSF 1.0 §4.1.9): the spec's own verification SET has none."""
+    key = store.active("RS256")
+    without = {k: v for k, v in claims().items() if k != "txn"}
+    token = jwt.encode(
+        without, key.private_key, "RS256", headers={"kid": key.kid, "typ": "secevent+jwt"}
+    )
+    assert verify_set(token, store.jwks(), issuer=ISS, audience=AUD) == without
+    with pytest.raises(ValueError, match="txn"):
+        check_set_claims(without)
+    with pytest.raises(ValueError, match="txn"):
+        build_set_claims(**{**claims_args(), "txn": ""})
 
 
 # --- our verifier's refusals ------------------------------------------------------------------

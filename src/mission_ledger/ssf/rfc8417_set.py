@@ -65,8 +65,12 @@ _KTY = {"RS256": "RSA", "ES256": "EC"}
 # --- Building and signing ---------------------------------------------------------------------
 
 
-def check_set_claims(claims: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` unless ``claims`` follow the SSF profile of RFC 8417 (see above)."""
+def check_set_claims(claims: Mapping[str, Any], *, require_txn: bool = True) -> None:
+    """Raise ``ValueError`` unless ``claims`` follow the SSF profile of RFC 8417 (see above).
+
+    ``txn`` is a SHOULD in SSF 1.0 §4.1.9: every SET we build carries it (``require_txn``), but a
+    receiver verifying another transmitter's SETs accepts one without it (the spec's own
+    verification and stream-updated examples have none)."""
     present = [c for c in FORBIDDEN_CLAIMS if c in claims]
     if present:
         raise ValueError(
@@ -74,6 +78,8 @@ def check_set_claims(claims: Mapping[str, Any]) -> None:
             "put the subject in sub_id and leave expiry to the receiver"
         )
     for name in ("iss", "aud", "jti", "txn"):
+        if name == "txn" and not require_txn and "txn" not in claims:
+            continue
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise ValueError(f"a SET needs a non-empty string {name!r}")
     iat = claims.get("iat")
@@ -239,7 +245,7 @@ def verify_set(
     if not (aud == audience or (isinstance(aud, list) and audience in aud)):
         raise InvalidSetAudience(f"SET audience {aud!r} does not include {audience!r}")
     try:
-        check_set_claims({**claims, "aud": audience})
+        check_set_claims({**claims, "aud": audience}, require_txn=False)
     except ValueError as error:
         raise InvalidSetRequest(str(error)) from None
     return claims
