@@ -75,6 +75,7 @@ from .mission_events import (
     MISSION_EVENT_TYPES,
     PROPOSAL_EVENT_TYPES,
 )
+from .ssrf import PushTargetPolicy, check_url
 
 SPEC_VERSION = "1_0"
 SSF = "https://schemas.openid.net/secevent/ssf/event-type/"
@@ -111,6 +112,14 @@ TRANSMITTER_MEMBERS: tuple[str, ...] = (
 )
 
 SecretSink = Callable[[str, str | None], None]
+#: Vets a push ``endpoint_url`` and returns it (raises InvalidInput / ForbiddenPushTarget).
+EndpointCheck = Callable[[str], str]
+
+
+def default_endpoint_check(url: str) -> str:
+    """The strictest policy (https, public addresses), without resolving: ``serve`` passes a
+    resolving check built from its ``--allow-insecure-push`` / ``--allow-private-push-targets``."""
+    return check_url(url, PushTargetPolicy())
 
 
 def issuer_base(issuer: str) -> str:
@@ -198,28 +207,6 @@ def _description(value: object) -> str | None:
     return value[:1024]  # SSF lets the transmitter truncate it
 
 
-def _endpoint_url(value: object) -> str:
-    field = "delivery.endpoint_url"
-    if not isinstance(value, str) or not value or len(value) > MAX_ENDPOINT_URL:
-        raise InvalidInput(
-            "push delivery needs delivery.endpoint_url, the receiver's absolute https URL",
-            field=field,
-        )
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
-        raise InvalidInput(
-            f"delivery.endpoint_url must be an absolute http(s) URL without a fragment; got "
-            f"{value!r}",
-            field=field,
-        )
-    if parts.username is not None or parts.password is not None:
-        raise InvalidInput(
-            "delivery.endpoint_url must not carry credentials; use delivery.authorization_header",
-            field=field,
-        )
-    return value
-
-
 class _Delivery:
     """A validated receiver-supplied ``delivery`` (the poll URL is assigned elsewhere)."""
 
@@ -229,8 +216,11 @@ class _Delivery:
         self.authorization = authorization
 
 
-def _delivery(value: object, *, assigned_poll_url: str | None) -> _Delivery:
-    """Parse ``delivery``; ``assigned_poll_url``: the stream's current poll URL (updates)."""
+def _delivery(
+    value: object, *, assigned_poll_url: str | None, endpoint_check: EndpointCheck
+) -> _Delivery:
+    """Parse ``delivery``; ``assigned_poll_url``: the stream's current poll URL (updates);
+    ``endpoint_check`` vets a push ``endpoint_url`` (the SSRF guard)."""
     if value is None:
         return _Delivery(POLL, None, None)
     if not isinstance(value, dict):
@@ -251,7 +241,13 @@ def _delivery(value: object, *, assigned_poll_url: str | None) -> _Delivery:
             )
         return _Delivery(POLL, None, None)
     if method == PUSH:
-        url = _endpoint_url(value.get("endpoint_url"))
+        given = value.get("endpoint_url")
+        if not isinstance(given, str) or not given:
+            raise InvalidInput(
+                "push delivery needs delivery.endpoint_url, the receiver's absolute https URL",
+                field="delivery.endpoint_url",
+            )
+        url = endpoint_check(given)
         header = value.get("authorization_header")
         if header is not None and (
             not isinstance(header, str)
@@ -280,6 +276,7 @@ class StreamService:
         *,
         secret_sink: SecretSink | None = None,
         min_verification_interval: int = DEFAULT_MIN_VERIFICATION_INTERVAL,
+        endpoint_check: EndpointCheck = default_endpoint_check,
     ) -> None:
         if min_verification_interval < 0:
             raise InvalidInput("min_verification_interval must not be negative")
@@ -288,6 +285,7 @@ class StreamService:
         self.base = issuer_base(ledger.issuer)
         self.min_verification_interval = min_verification_interval
         self._secret_sink = secret_sink
+        self._endpoint_check = endpoint_check
         self._lock = threading.Lock()
         self._owners: dict[str, str] = {}  # stream_id → receiver principal id (live streams)
         self._position = 0
@@ -414,7 +412,9 @@ class StreamService:
         """Create a stream for the calling receiver; returns its configuration (201)."""
         self._receiver(principal)
         request = _body(body)
-        delivery = _delivery(request.get("delivery"), assigned_poll_url=None)
+        delivery = _delivery(
+            request.get("delivery"), assigned_poll_url=None, endpoint_check=self._endpoint_check
+        )
         requested = (
             None
             if request.get("events_requested") is None
@@ -480,7 +480,11 @@ class StreamService:
                     )
             poll_url = self.poll_url(stream.stream_id)
             if "delivery" in request or replace:
-                delivery = _delivery(request.get("delivery"), assigned_poll_url=poll_url)
+                delivery = _delivery(
+                    request.get("delivery"),
+                    assigned_poll_url=poll_url,
+                    endpoint_check=self._endpoint_check,
+                )
                 fingerprint = authorization_fingerprint(delivery.authorization)
             else:
                 delivery = _Delivery(stream.delivery_method, stream.endpoint_url, None)
