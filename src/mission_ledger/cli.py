@@ -764,6 +764,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_tokens import add_tokens_parser  # here: cli_tokens imports this module
 
     add_tokens_parser(sub, common)
+    from .cli_keys import add_keys_parser  # here: cli_keys imports this module
+
+    add_keys_parser(sub, common)
+    from .cli_streams import add_streams_parser  # here: cli_streams imports this module
+
+    add_streams_parser(sub, common)
     from .cli_serve import add_serve_parser  # here: cli_serve imports this module
 
     add_serve_parser(sub, common)

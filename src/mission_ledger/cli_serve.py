@@ -3,9 +3,11 @@
 The storage options are the global ones (``--data DIR`` | ``--database-url URL``, ``--issuer``).
 The server prints ``listening on http://HOST:PORT`` on stdout once it accepts connections (with
 ``--port 0`` the port the system chose), and stops cleanly on SIGTERM or SIGINT: it stops
-accepting, lets in-flight requests finish, stops the projection worker and the live view, and
-the ledger is closed. On first start against an empty store it creates the bootstrap operator and
-prints its token once on stderr.
+accepting, answers waiting SSF long polls, lets in-flight requests finish, stops the projection
+and SSF outbox workers and the live view, and the ledger is closed. On first start against an
+empty store it creates the bootstrap operator and prints its token once on stderr. The SSF
+options (``--poll-timeout``, ``--poll-reoffer-after``, ``--min-verification-interval``) are
+described in ``docs/ssf-receivers.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _whole_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def cmd_serve(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> Output:
     from .http.server import serve  # aiohttp is only imported by the command that needs it
     from .http.state import ServerOptions
@@ -60,6 +72,9 @@ def cmd_serve(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> O
         max_body_bytes=args.max_body_bytes,
         check_max_lag=args.check_max_lag,
         embedded_worker=not args.no_worker,
+        poll_timeout=args.poll_timeout,
+        poll_reoffer_after=args.poll_reoffer_after,
+        min_verification_interval=args.min_verification_interval,
     )
     serve(ledger, s, options, log_level=args.log_level)
     return Output(None, "")
@@ -68,8 +83,9 @@ def cmd_serve(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> O
 def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``serve`` on the top-level subparsers (``sub`` is argparse's private action)."""
     summary = (
-        "Run the Authority's HTTP API (proposals, Missions, checks, OpenAPI, health, metrics) "
-        "with the projection worker and the live authorization view in the same process."
+        "Run the Authority's HTTP API (proposals, Missions, checks, the SSF transmitter, "
+        "OpenAPI, health, metrics) with the projection and SSF outbox workers and the live "
+        "authorization view in the same process."
     )
     p: argparse.ArgumentParser = add_command(sub, "serve", summary, SERVE_EPILOG, common)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -92,8 +108,31 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-worker",
         action="store_true",
-        help="do not run the projection worker here (PostgreSQL deployments that run "
-        f"`{PROG} worker` in its own process)",
+        help="do not run the projection and SSF outbox workers here (PostgreSQL deployments "
+        f"that run `{PROG} worker` in its own process)",
+    )
+    p.add_argument(
+        "--poll-timeout",
+        type=_seconds,  # the server refuses more than 25 (ServerOptions)
+        default=10.0,
+        metavar="SECONDS",
+        help="how long an SSF long poll (RFC 8936) waits for a SET before answering empty "
+        "(default 10, at most 25)",
+    )
+    p.add_argument(
+        "--poll-reoffer-after",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="offer an unacknowledged polled SET again after this long (default 30)",
+    )
+    p.add_argument(
+        "--min-verification-interval",
+        type=_whole_seconds,
+        default=30,
+        metavar="SECONDS",
+        help="an SSF stream's min_verification_interval: sooner verification requests get 429 "
+        "(default 30; applies to streams created from now on)",
     )
     p.add_argument(
         "--log-level",

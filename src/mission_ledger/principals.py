@@ -77,6 +77,7 @@ __all__ = [
     "may_view_mission",
     "may_view_proposal",
     "require_role",
+    "scope_sees_authority",
 ]
 
 PRINCIPAL_TOPICS: tuple[str, ...] = (
@@ -139,6 +140,27 @@ def _prefix_sees(prefix: str, resource: str) -> bool:
     return _under(resource, prefix)
 
 
+def scope_sees_authority(
+    resources: Sequence[str], all_missions: bool, authority_set: Sequence[Any]
+) -> bool:
+    """Whether a receiver scope (resource prefixes, or ``all_missions``) sees a Mission with this
+    Authority Set: always with ``all_missions``; otherwise when some entry's resource lies under
+    one of the prefixes, or is a pattern broader than one of them.
+
+    The one rule for every receiver-facing decision: what a receiver may view, and which SSF
+    streams hear about a Mission (the outbox applies it with the scope a stream was created
+    with)."""
+    if all_missions:
+        return True
+    for entry in authority_set:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, str) and any(
+            _prefix_sees(prefix, resource) for prefix in resources
+        ):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Principal:
     """A principal as the Authority's access checks see it (the read model; no secrets)."""
@@ -165,15 +187,9 @@ class Principal:
         one of its prefixes, or is a pattern broader than one of them. Other roles: always (their
         own rules are in :func:`may_view_mission`).
         """
-        if self.role != RECEIVER or self.all_missions:
+        if self.role != RECEIVER:
             return True
-        for entry in authority_set:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, str) and any(
-                _prefix_sees(prefix, resource) for prefix in self.resources
-            ):
-                return True
-        return False
+        return scope_sees_authority(self.resources, self.all_missions, authority_set)
 
     def to_dict(self) -> dict[str, Any]:
         """The principal as JSON (no token, no token hash)."""

@@ -188,6 +188,69 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             server.stop()
 
 
+SSF_ISSUER = "https://ledger.example.com/tenant-a"  # a path: the inserted well-known form
+
+
+def ssf_principals() -> dict[str, list[str]]:
+    """The principals the SSF tests use: Mission actors and receivers of several scopes."""
+    return {
+        "approver": ["approver", "bob@example.com"],
+        "harness": ["harness", "invoice-bot", "--agent", "agent:invoice-bot"],
+        "other_harness": ["harness", "crm-bot", "--agent", "agent:crm-bot"],
+        "receiver": [
+            "receiver",
+            "erp",
+            "--audience",
+            "https://erp.example.com",
+            "--resource",
+            "https://erp.example.com/invoices/",
+        ],
+        "foreign_receiver": [
+            "receiver",
+            "crm",
+            "--audience",
+            "https://crm.example.com",
+            "--resource",
+            "https://crm.example.com/",
+        ],
+        "fresh_receiver": [
+            "receiver",
+            "erp-archive",
+            "--audience",
+            "https://archive.example.com",
+            "--resource",
+            "https://erp.example.com/invoices/",
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def ssf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server for the SSF tests: issuer with a path (receivers map it to loopback), short
+    long polls (2 s) and re-offers (2 s), so idle polls and redelivery stay quick."""
+    tmp = tmp_path_factory.mktemp("ssf-server")
+    server = start_server(
+        tmp,
+        ["--data", str(tmp / "var")],
+        "--issuer",
+        SSF_ISSUER,
+        "--poll-timeout",
+        "2",
+        "--poll-reoffer-after",
+        "2",
+        "--min-verification-interval",
+        "30",
+    )
+    try:
+        assert server.operator_token is not None, server.logs()
+        server.tokens["operator"] = server.operator_token
+        server.mint(ssf_principals())
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
 def readme_block(heading: str) -> str:
     """The first bash block of the README section that starts with ``heading``."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

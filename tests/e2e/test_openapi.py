@@ -69,6 +69,7 @@ def test_every_operation_is_named_and_answers_errors_as_problems(
         ("get", "/openapi.json"),
         ("get", "/agentpass/configuration"),
         ("get", "/jwks.json"),
+        ("get", "/.well-known/ssf-configuration"),
     }
     operation_ids = []
     for path, item in document["paths"].items():

@@ -1,11 +1,14 @@
 """The composition root of the HTTP server: ``create_app(settings)`` builds everything.
 
 Built here, at creation: the ledger (unless the caller passes one it owns), the bounded executor,
-the principal registry, the live authorization view, the projection store and worker. Started
-on app startup, in order: the view (it loads its rows from the tracked ``authorization`` table —
-or from the log when that table was never projected — and catches up to the ledger's head), the
-embedded projection worker thread.
-Stopped on cleanup in reverse: worker, view, executor, and the ledger if this app opened it.
+the principal registry, the live authorization view, the projection store and worker, the SSF
+stream service, outbox store and outbox worker, and the long-poll hub. Started on app startup, in
+order: the view (it loads its rows from the tracked ``authorization`` table — or from the log
+when that table was never projected — and catches up to the ledger's head), the embedded
+projection worker thread, the embedded SSF outbox worker thread (it signs and queues SETs and
+tells the poll hub which streams got new ones). On shutdown the poll hub answers every waiting
+long poll at once. Stopped on cleanup in reverse: workers, view, stores, executor, and the
+ledger if this app opened it.
 
 Middlewares, outermost first: metrics (counts, times and logs every request with its final
 status), errors (every exception → problem+json; only bugs become 500).
@@ -17,7 +20,7 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -34,13 +37,17 @@ from ..errors import Unavailable
 from ..ledger import MissionLedger
 from ..principals import PrincipalRegistry, may_view_mission
 from ..projections import ProjectionStore, ProjectionWorker
-from ..ssf.keys import FileKeyStore, MemoryKeyStore
-from . import routes_missions, routes_proposals
+from ..ssf.keys import open_key_store
+from ..ssf.outbox import OutboxWorker
+from ..ssf.outbox_store import OutboxStore
+from ..ssf.streams import StreamService
+from . import routes_missions, routes_proposals, routes_ssf
 from .auth import CHECK_ROLES, require
 from .check_routes import CHECK_OPENAPI_PATHS, add_check_routes
 from .metrics import CONTENT_TYPE, METRICS, HttpMetrics, metrics_middleware
 from .openapi import TEXT_PLAIN, build_document
 from .problems import error_middleware, not_found
+from .rfc8936_poll import POLL_HUB, PollHub
 from .spec import Route, json_response
 from .state import (
     CLOCK,
@@ -49,9 +56,12 @@ from .state import (
     KEYS,
     LEDGER,
     OPTIONS,
+    OUTBOX,
+    OUTBOX_WORKER,
     PROJECTIONS,
     REGISTRY,
     SETTINGS,
+    STREAMS,
     VIEW,
     WORKER,
     ServerOptions,
@@ -97,6 +107,12 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
         worker_alive = thread is not None and thread.is_alive()
         if not worker_alive:
             problems.append("projection worker is not running")
+    outbox_thread = runtime.get("outbox_thread")
+    outbox_alive: bool | None = None
+    if app[OUTBOX_WORKER] is not None:
+        outbox_alive = outbox_thread is not None and outbox_thread.is_alive()
+        if not outbox_alive:
+            problems.append("SSF outbox worker is not running")
     projection_lag: int | None = None
     if ledger_position >= 0:
         try:
@@ -104,6 +120,13 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
         except Exception as error:
             log.warning("healthz: cannot read the projection position: %s", error)
             problems.append("projection store unreachable")
+    outbox_lag: int | None = None
+    if ledger_position >= 0:
+        try:
+            outbox_lag = max(ledger_position - app[OUTBOX].position(), 0)
+        except Exception as error:
+            log.warning("healthz: cannot read the SSF outbox position: %s", error)
+            problems.append("SSF outbox store unreachable")
     body: dict[str, Any] = {
         "status": "ok" if not problems else "unavailable",
         "ledger_position": ledger_position,
@@ -111,6 +134,9 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
         "view_healthy": view_healthy,
         "worker_alive": worker_alive,
         "projection_lag": projection_lag,
+        "outbox_worker_alive": outbox_alive,
+        "outbox_lag": outbox_lag,
+        "ssf_polls_waiting": app[POLL_HUB].waiting(),
     }
     if problems:
         body["problems"] = problems
@@ -174,6 +200,21 @@ def _gauges(app: web.Application) -> list[tuple[str, str, float]]:
             "mission_ledger_projection_lag_events",
             "Ledger events not yet applied to the mission index projection.",
             float(lag),
+        )
+    )
+    if health["outbox_lag"] is not None:
+        gauges.append(
+            (
+                "mission_ledger_ssf_outbox_lag_events",
+                "Ledger events the SSF outbox has not yet turned into SETs.",
+                float(health["outbox_lag"]),
+            )
+        )
+    gauges.append(
+        (
+            "mission_ledger_ssf_polls_waiting",
+            "SSF long polls (RFC 8936) waiting for a SET now.",
+            float(health["ssf_polls_waiting"]),
         )
     )
     return gauges
@@ -274,34 +315,49 @@ def _start(app: web.Application) -> None:
     app[KEYS].ensure_keys()  # one active RS256 and ES256 key from the first start on
     app[VIEW].start()
     worker = app[WORKER]
-    if worker is None:
-        return
+    if worker is not None:
+        _spawn(app, "worker", "projection worker", worker.run_forever)
+    outbox_worker = app[OUTBOX_WORKER]
+    if outbox_worker is not None:
+        _spawn(app, "outbox", "SSF outbox worker", outbox_worker.run_forever)
+
+
+def _spawn(
+    app: web.Application, key: str, what: str, run_forever: Callable[[threading.Event], None]
+) -> None:
+    """Run a worker's ``run_forever(stop)`` in a daemon thread; ``RUNTIME`` keeps
+    ``<key>_stop`` and ``<key>_thread``."""
     stop = threading.Event()
 
     def run() -> None:
         try:
-            worker.run_forever(stop)
+            run_forever(stop)
         except Exception:
-            log.exception("the projection worker stopped on an error")
+            log.exception("the %s stopped on an error", what)
 
-    thread = threading.Thread(target=run, name="mission-ledger-projection-worker", daemon=True)
-    app[RUNTIME].update(worker_stop=stop, worker_thread=thread)
+    name = f"mission-ledger-{what.replace(' ', '-').lower()}"
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    app[RUNTIME].update({f"{key}_stop": stop, f"{key}_thread": thread})
     thread.start()
 
 
 def _stop(app: web.Application, owned_ledger: bool) -> None:
     runtime = app[RUNTIME]
-    stop = runtime.get("worker_stop")
-    if stop is not None:
-        stop.set()
-        thread = runtime.get("worker_thread")
+    for key in ("outbox", "worker"):  # signal both, then wait for both
+        stop = runtime.get(f"{key}_stop")
+        if stop is not None:
+            stop.set()
+    for key in ("outbox", "worker"):
+        thread = runtime.get(f"{key}_thread")
         if thread is not None:
             thread.join(timeout=10)
-    worker = app[WORKER]
-    if worker is not None:
-        worker.close()
+    for worker in (app[OUTBOX_WORKER], app[WORKER]):
+        if worker is not None:
+            worker.close()
     app[VIEW].stop()
+    app[OUTBOX].close()
     app[PROJECTIONS].close()
+    app[KEYS].close()
     if owned_ledger:
         app[LEDGER].close()
 
@@ -310,6 +366,7 @@ def _lifecycle(owned_ledger: bool) -> Any:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         executor = app[EXECUTOR]
         loop = asyncio.get_running_loop()
+        app[POLL_HUB].bind(loop)
         await loop.run_in_executor(executor, _start, app)
         try:
             yield
@@ -363,6 +420,13 @@ def _build(
     except BaseException:
         store.close()
         raise
+    try:
+        outbox = OutboxStore.open(settings)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        store.close()
+        raise
     app[SETTINGS] = settings
     app[OPTIONS] = options
     app[LEDGER] = ledger
@@ -375,22 +439,49 @@ def _build(
         )
     app[VIEW] = LiveAuthorizationView(ledger, **view_options)
     app[PROJECTIONS] = store
-    app[KEYS] = (
-        MemoryKeyStore()
-        if settings.backend() == "memory"
-        else FileKeyStore(settings.data_dir / "ssf-keys")
-    )
+    app[KEYS] = open_key_store(settings)
     app[WORKER] = worker
+    app[OUTBOX] = outbox
+    app[STREAMS] = StreamService(
+        ledger,
+        secret_sink=outbox.put_push_secret,
+        min_verification_interval=options.min_verification_interval,
+    )
+    app[POLL_HUB] = PollHub()
+    try:
+        outbox_worker = (
+            OutboxWorker(ledger, settings, app[KEYS]) if options.embedded_worker else None
+        )
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        outbox.close()
+        store.close()
+        raise
+    if outbox_worker is not None:
+        outbox_worker.add_listener(app[POLL_HUB].notify_threadsafe)
+    app[OUTBOX_WORKER] = outbox_worker
     app[RUNTIME] = {}
     app[METRICS] = HttpMetrics()
-    for route in ROUTES:
+    routes = (*ROUTES, *routes_ssf.routes(settings.issuer))
+    for route in routes:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
     add_check_routes(app, authorize=authorize_check)
     app[OPENAPI] = build_document(
-        ROUTES, issuer=settings.issuer, version=_version(), extra_paths=CHECK_OPENAPI_PATHS
+        routes,
+        issuer=settings.issuer,
+        version=_version(),
+        extra_paths=CHECK_OPENAPI_PATHS,
+        extra_schemas=routes_ssf.SCHEMAS,
     )
+    app.on_shutdown.append(_close_polls)
     app.cleanup_ctx.append(_lifecycle(owned))
     return app
+
+
+async def _close_polls(app: web.Application) -> None:
+    """Shutdown begins: waiting long polls answer now instead of holding the drain."""
+    app[POLL_HUB].close()
 
 
 __all__ = ["ROUTES", "ServerOptions", "create_app"]

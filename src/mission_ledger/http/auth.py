@@ -6,6 +6,10 @@ A missing or malformed header is a 401 with ``WWW-Authenticate: Bearer realm="mi
 a token that does not authenticate adds ``error="invalid_token"``. ``/metrics`` needs a token of
 any role: request counts and ledger positions describe the Authority's traffic.
 
+The SSF routes (:func:`require_receiver`) speak RFC 6750 to the letter, as SSF receivers expect:
+a token in the URI query (``?access_token=``) is never accepted (401, ``error="invalid_request"``),
+and a valid token of another role gets 403 with ``error="insufficient_scope"``.
+
 The access matrix itself (who may view and act on what) lives in
 :mod:`mission_ledger.principals`; this module only decides *which* role set an operation needs
 before anything is loaded, so that a role that can never do it gets 403 at once.
@@ -17,7 +21,7 @@ from aiohttp import web
 
 from ..domain.principal import APPROVER, AUDITOR, HARNESS, OPERATOR, RECEIVER
 from ..principals import NeedsStore, Principal, require_role
-from .problems import Unauthorized
+from .problems import InsufficientScope, Unauthorized
 from .state import AUTH_TIMEOUT, REGISTRY, run_bounded
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # request-local: the authenticated caller
@@ -96,4 +100,29 @@ async def require(request: web.Request, *roles: str) -> Principal:
     """Authenticate, then 403 unless the principal has one of ``roles``."""
     principal = await authenticate(request)
     require_role(principal, *roles)
+    return principal
+
+
+async def require_receiver(request: web.Request) -> Principal:
+    """Authenticate an SSF receiver (a ``receiver`` token in the Authorization header).
+
+    A token in the URI query is refused before anything else (RFC 6750 §2.3: it leaks into logs
+    and histories; the CAEP interoperability profile forbids accepting it); another role is
+    403 ``insufficient_scope``."""
+    if "access_token" in request.query:
+        raise Unauthorized(
+            "bearer tokens are accepted only in the Authorization header, never in the URI "
+            "(RFC 6750 §2.3): send 'Authorization: Bearer <token>' and revoke a token that was "
+            "put in a URL",
+            token_given=True,
+            error="invalid_request",
+        )
+    principal = await authenticate(request)
+    if principal.role != RECEIVER:
+        raise InsufficientScope(
+            "the SSF endpoints are for receivers: use a token created with "
+            "`mission-ledger tokens create --role receiver`",
+            required_roles=[RECEIVER],
+            role=principal.role,
+        )
     return principal

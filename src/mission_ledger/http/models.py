@@ -175,6 +175,111 @@ class NoQuery(Query):
     pass
 
 
+# -- SSF (the management API's bodies are checked by StreamService; see routes_ssf) -------------
+
+
+class SsfBody(BaseModel):
+    """An SSF request body as documented: SSF tells transmitters to ignore what they do not
+    understand, so unknown members are allowed (and ignored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class SsfDelivery(SsfBody):
+    method: Literal["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"] = Field(
+        description="urn:ietf:rfc:8936 (poll; the transmitter assigns endpoint_url) or "
+        "urn:ietf:rfc:8935 (push to the receiver's endpoint_url)"
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="push: the receiver's URL; poll: omit (or the assigned URL)"
+    )
+    authorization_header: str | None = Field(
+        default=None,
+        description="push: the Authorization header value to send, verbatim (never returned)",
+    )
+
+
+class StreamCreateBody(SsfBody):
+    """The receiver-supplied members of a Stream Configuration (SSF §8.1.1.1)."""
+
+    delivery: SsfDelivery | None = Field(default=None, description="absent: poll")
+    events_requested: list[str] | None = None
+    description: str | None = None
+    mission_capabilities_supported: list[str] | None = Field(
+        default=None,
+        description='extension: the Mission drafts\' capabilities, e.g. ["authority_changed"]',
+    )
+    set_signing_alg: Literal["RS256", "ES256"] | None = Field(
+        default=None, description="extension: the stream's SET signing algorithm (RS256 default)"
+    )
+
+
+class StreamUpdateBody(StreamCreateBody):
+    """PATCH / PUT (SSF §8.1.1.3–4): ``stream_id`` plus receiver-supplied members;
+    transmitter-supplied members may be sent only with their current values."""
+
+    stream_id: str
+
+
+class StreamStatusBody(SsfBody):
+    stream_id: str
+    status: Literal["enabled", "paused", "disabled"]
+    reason: str | None = None
+
+
+class SubjectBody(SsfBody):
+    stream_id: str
+    subject: dict[str, Any] = Field(
+        description="an RFC 9493 / SSF subject identifier, e.g. "
+        '{"format": "opaque", "id": MISSION_ID}'
+    )
+    verified: bool | None = Field(default=None, description="add only; absent means true")
+
+
+class VerificationBody(SsfBody):
+    stream_id: str
+    state: str | None = Field(default=None, description="echoed in the verification SET")
+
+
+class SetError(BaseModel):
+    """One ``setErrs`` entry (RFC 8936 §2.4)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    err: str = Field(min_length=1, max_length=256, description="an RFC 8935 §2.4 error code")
+    description: str = Field(default="", max_length=4096)
+
+
+class PollBody(BaseModel):
+    """An RFC 8936 §2.2 poll request; ``{}`` is a valid (long) poll, unknown members are
+    ignored, wrong types are 400."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    max_events: int | None = Field(
+        default=None,
+        ge=0,
+        alias="maxEvents",
+        description="at most this many SETs (0: acknowledge only); absent: no limit",
+    )
+    return_immediately: bool = Field(
+        default=False,
+        alias="returnImmediately",
+        description="false (default): long poll, wait until a SET is available or the "
+        "server's poll timeout passes",
+    )
+    ack: list[str] = Field(default_factory=list, description="jti values received and kept")
+    set_errs: dict[str, SetError] = Field(
+        default_factory=dict,
+        alias="setErrs",
+        description="jti → {err, description} for SETs that failed validation",
+    )
+
+
+class StreamIdQuery(Query):
+    stream_id: str | None = Field(default=None, description="the stream (32 hex digits)")
+
+
 # -- parsing --------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ app's routes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,6 +18,8 @@ from .spec import Route
 
 REF = "#/components/schemas/{model}"
 TEXT_PLAIN = "text/plain"
+NO_CONTENT = ""  # a response without a body (Route.responses)
+_PATH_PARAMETER = re.compile(r"\{(\w+)\}")
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 _NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
@@ -178,6 +181,9 @@ STATIC_SCHEMAS: dict[str, Any] = {
             "view_healthy": {"type": "boolean"},
             "worker_alive": {"type": ["boolean", "null"]},
             "projection_lag": {"type": ["integer", "null"]},
+            "outbox_worker_alive": {"type": ["boolean", "null"]},
+            "outbox_lag": {"type": ["integer", "null"]},
+            "ssf_polls_waiting": {"type": "integer"},
             "problems": {"type": "array", "items": {"type": "string"}},
         },
     },
@@ -222,6 +228,7 @@ ERROR_DESCRIPTIONS = {
     "(current_state), or an Idempotency-Key reused for another request.",
     413: "The body is larger than the server accepts.",
     415: "The body is not application/json.",
+    429: "Too many requests; Retry-After says how many seconds to wait.",
     503: "The store or the read side is unavailable; retry.",
 }
 
@@ -273,6 +280,8 @@ def _query(model: type[BaseModel] | None, defs: Mapping[str, Any]) -> list[dict[
 
 
 def _response(schema_name: str, status: int) -> dict[str, Any]:
+    if schema_name == NO_CONTENT:
+        return {"description": "No Content" if status == 204 else "OK, with an empty body."}
     if schema_name == TEXT_PLAIN:
         return {
             "description": "Prometheus text exposition format 0.0.4.",
@@ -301,11 +310,10 @@ def _response(schema_name: str, status: int) -> dict[str, Any]:
 
 
 def _operation(route: Route, defs: Mapping[str, Any]) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = []
-    if "{id}" in route.path:
-        parameters.append(
-            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-        )
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAMETER.findall(route.path)
+    ]
     parameters += _query(route.query, defs)
     parameters += _headers(route)
     operation: dict[str, Any] = {
@@ -361,8 +369,10 @@ def build_document(
     issuer: str,
     version: str,
     extra_paths: Mapping[str, Any] | None = None,
+    extra_schemas: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``routes`` plus ``extra_paths`` (the check routes)."""
+    """The OpenAPI 3.1 document of ``routes`` plus ``extra_paths`` (the check routes) and
+    ``extra_schemas`` (response components other modules define, e.g. the SSF documents)."""
     routes = list(routes)
     schemas = _model_schemas(routes)
     paths: dict[str, dict[str, Any]] = {}
@@ -381,11 +391,13 @@ def build_document(
             "title": "Mission ledger — the Authority for AI-agent delegation",
             "version": version,
             "description": "Proposals, Missions (bounded delegations of authority to AI "
-            "agents), their hash-chained history, and authorization checks (native, OpenID "
-            "AuthZEN 1.0, AgentPass). Every route except /healthz, /openapi.json and "
-            "/agentpass/configuration needs `Authorization: Bearer <token>` "
-            "(`mission-ledger tokens create`); /metrics accepts a token of any role. Errors are "
-            "application/problem+json with a stable `code`.",
+            "agents), their hash-chained history, authorization checks (native, OpenID "
+            "AuthZEN 1.0, AgentPass), and an OpenID Shared Signals Framework 1.0 transmitter "
+            "(discovery, stream management, RFC 8936 poll delivery). Every route except "
+            "/healthz, /openapi.json, /jwks.json, /agentpass/configuration and "
+            "/.well-known/ssf-configuration needs `Authorization: Bearer <token>` "
+            "(`mission-ledger tokens create`); /metrics accepts a token of any role; the /ssf "
+            "routes need a receiver's. Errors are application/problem+json with a stable `code`.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": issuer}],
@@ -396,6 +408,11 @@ def build_document(
             {"name": "checks", "description": "Authorization checks (native and AuthZEN)."},
             {"name": "agentpass", "description": "AgentPass continuous authorization."},
             {"name": "operations", "description": "Health, metrics and this document."},
+            {
+                "name": "ssf",
+                "description": "OpenID Shared Signals Framework 1.0 transmitter: discovery, "
+                "stream management, poll delivery (RFC 8936) of Mission events.",
+            },
         ],
         "paths": dict(sorted(paths.items())),
         "components": {
@@ -406,6 +423,10 @@ def build_document(
                     "description": "A principal's token from `mission-ledger tokens create`.",
                 }
             },
-            "schemas": {**STATIC_SCHEMAS, **dict(sorted(schemas.items()))},
+            "schemas": {
+                **STATIC_SCHEMAS,
+                **dict(extra_schemas or {}),
+                **dict(sorted(schemas.items())),
+            },
         },
     }

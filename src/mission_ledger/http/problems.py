@@ -7,6 +7,10 @@ few errors of its own to that hierarchy here:
 
     MissionLedgerError
     ├── Unauthorized (401)          no or an invalid bearer token (+ WWW-Authenticate)
+    ├── Forbidden (403)
+    │   └── InsufficientScope       the role may never use these routes (SSF: + WWW-Authenticate
+    │                               error="insufficient_scope", RFC 6750 §3.1)
+    ├── TooManyRequests (429)       + Retry-After (seconds)
     ├── Unavailable (503)
     │   ├── StaleView               the read side did not reach min_position in time
     │   └── ViewUnavailable         the live authorization view is not current (fail closed)
@@ -31,7 +35,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import InvalidInput, MissionLedgerError, NotFound, Unavailable
+from ..errors import (
+    Forbidden,
+    InvalidInput,
+    MissionLedgerError,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
 
 PROBLEM_JSON = "application/problem+json"
 REALM = "mission-ledger"
@@ -45,14 +56,25 @@ class Unauthorized(MissionLedgerError):
     http_status = 401
     exit_code = 4
 
-    def __init__(self, description: str, *, token_given: bool) -> None:
+    def __init__(self, description: str, *, token_given: bool, error: str | None = None) -> None:
         super().__init__(description)
         self.token_given = token_given
+        self.error = error  # an RFC 6750 §3.1 code other than the default invalid_token
 
     def www_authenticate(self) -> str:
+        if self.error is not None:
+            return f'Bearer realm="{REALM}", error="{self.error}"'
         if self.token_given:
             return f'Bearer realm="{REALM}", error="invalid_token"'
         return f'Bearer realm="{REALM}"'
+
+
+class InsufficientScope(Forbidden):
+    """A valid token whose role may never use these routes (RFC 6750 §3.1 insufficient_scope);
+    the SSF routes answer it with a Bearer challenge, as SSF receivers expect."""
+
+    def www_authenticate(self) -> str:
+        return f'Bearer realm="{REALM}", error="insufficient_scope"'
 
 
 class InvalidJson(InvalidInput):
@@ -122,8 +144,10 @@ def problem(
 def error_response(error: MissionLedgerError) -> web.Response:
     """The problem response of an error of the hierarchy (its details become members)."""
     headers: dict[str, str] = {}
-    if isinstance(error, Unauthorized):
+    if isinstance(error, Unauthorized | InsufficientScope):
         headers["WWW-Authenticate"] = error.www_authenticate()
+    if isinstance(error, TooManyRequests):
+        headers["Retry-After"] = str(error.retry_after)
     if error.http_status == 503:
         headers["Retry-After"] = "1"
     extra = {k: v for k, v in error.details.items() if k not in ("description", "code")}

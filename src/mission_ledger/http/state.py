@@ -19,11 +19,15 @@ from aiohttp import web
 from ..checks import LiveAuthorizationView
 from ..clock import Clock
 from ..config import Settings
+from ..domain.errors import InvalidInput
 from ..errors import Unavailable
 from ..ledger import MissionLedger
 from ..principals import PrincipalRegistry
 from ..projections import ProjectionStore, ProjectionWorker
 from ..ssf.keys import KeyStore
+from ..ssf.outbox import OutboxWorker
+from ..ssf.outbox_store import OutboxStore
+from ..ssf.streams import DEFAULT_MIN_VERIFICATION_INTERVAL, StreamService
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,6 +35,10 @@ R = TypeVar("R")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 AUTH_TIMEOUT = 2.0  # seconds: authentication may refresh the principal cache from the store
 HEALTH_TIMEOUT = 2.0  # seconds: /healthz reads the ledger and projection positions
+DEFAULT_POLL_TIMEOUT = 10.0  # seconds an SSF long poll waits for a SET (RFC 8936 §2.3)
+MAX_POLL_TIMEOUT = 25.0  # well under the ~30 s after which receivers' HTTP clients give up
+DEFAULT_POLL_REOFFER_AFTER = 30.0  # seconds before an unacknowledged SET is offered again
+POLL_RECHECK_INTERVAL = 0.25  # seconds between a long poll's looks at the outbox
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,34 @@ class ServerOptions:
     embedded_worker: bool = True  # run the projection worker in this process
     executor_workers: int | None = None  # default: the store's connection budget
     shutdown_timeout: float = 30.0
+    # SSF (RFC 8936 poll delivery and the management API)
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT  # long-poll bound, at most MAX_POLL_TIMEOUT
+    poll_reoffer_after: float = DEFAULT_POLL_REOFFER_AFTER
+    poll_recheck_interval: float = POLL_RECHECK_INTERVAL  # also sees a separate worker's SETs
+    min_verification_interval: int = DEFAULT_MIN_VERIFICATION_INTERVAL  # seconds
+
+    def __post_init__(self) -> None:
+        if not 0 < self.poll_timeout <= MAX_POLL_TIMEOUT:
+            raise InvalidInput(
+                f"the long-poll timeout must be more than 0 and at most {MAX_POLL_TIMEOUT:g} "
+                f"seconds (receivers' HTTP clients give up near 30 s); got {self.poll_timeout:g}",
+                field="poll_timeout",
+            )
+        if not self.poll_reoffer_after > 0:
+            raise InvalidInput(
+                "the re-offer interval of unacknowledged SETs must be more than 0 seconds",
+                field="poll_reoffer_after",
+            )
+        if not self.poll_recheck_interval > 0:
+            raise InvalidInput(
+                "the long poll's recheck interval must be more than 0 seconds",
+                field="poll_recheck_interval",
+            )
+        if self.min_verification_interval < 0:
+            raise InvalidInput(
+                "min_verification_interval must not be negative",
+                field="min_verification_interval",
+            )
 
 
 LEDGER = web.AppKey("ledger", MissionLedger)
@@ -57,6 +93,10 @@ PROJECTIONS = web.AppKey("projection_store", ProjectionStore)
 KEYS = web.AppKey("ssf_keys", KeyStore)
 # The embedded projection worker; None with --no-worker (`mission-ledger worker` runs it).
 WORKER: web.AppKey[ProjectionWorker | None] = web.AppKey("projection_worker")
+STREAMS = web.AppKey("ssf_streams", StreamService)  # SSF stream management
+OUTBOX = web.AppKey("ssf_outbox", OutboxStore)  # the queue of signed SETs (poll reads it)
+# The embedded SSF outbox worker (signs and queues SETs); None with --no-worker.
+OUTBOX_WORKER: web.AppKey[OutboxWorker | None] = web.AppKey("ssf_outbox_worker")
 
 
 async def run_sync(

@@ -60,20 +60,38 @@ class WorkerProgress:
     seconds: float  # since the previous report
 
 
-def advisory_lock_key(schema: str) -> int:
-    """The 64-bit advisory lock key of the views in ``schema`` (locks are per database)."""
-    digest = hashlib.sha256(f"mission_ledger/{PROJECTION_NAME}/{schema}".encode()).digest()
+def advisory_lock_key(schema: str, projection: str = PROJECTION_NAME) -> int:
+    """The 64-bit advisory lock key of ``projection`` (default: the views) in ``schema``.
+
+    Locks are per database, so the schema and the projection name are all the key needs; each
+    projection with a worker of its own (the views, the SSF outbox) has its own key."""
+    digest = hashlib.sha256(f"mission_ledger/{projection}/{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class _Claim:
-    """A worker's exclusive claim on the views: a PostgreSQL session lock (no-op on SQLite)."""
+class WorkerClaim:
+    """A worker's exclusive claim on its tables: a PostgreSQL session lock (no-op on SQLite).
 
-    def __init__(self, settings: Settings, ledger: MissionLedger, *, listen: bool) -> None:
+    ``projection`` selects the lock key (:func:`advisory_lock_key`); ``holder`` and ``tables``
+    word the refusal (defaults: the views' worker)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: MissionLedger,
+        *,
+        listen: bool,
+        projection: str = PROJECTION_NAME,
+        holder: str = "another projection worker (or a rebuild)",
+        tables: str = "the views'",
+    ) -> None:
         self.settings = settings
         channel = getattr(ledger.recorder, "channel_name", None)  # PostgreSQL recorders only
         self.channel = channel if listen and isinstance(channel, str) else None
         self.conn: psycopg.Connection[Any] | None = None
+        self.projection = projection
+        self.holder = holder
+        self.tables = tables
 
     @property
     def postgres(self) -> bool:
@@ -92,14 +110,13 @@ class _Claim:
                 f"cannot reach PostgreSQL at {target.where} ({first_line(error)})"
             ) from None
         try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s)", [advisory_lock_key(target.schema)]
-            ).fetchone()
+            key = advisory_lock_key(target.schema, self.projection)
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
             if not (row and row[0]):
                 raise AnotherWorkerActive(
-                    f"another projection worker (or a rebuild) is running for schema "
-                    f"{target.schema!r} on {target.where}: it holds the views' advisory lock. "
-                    "Run only one worker per store; stop the other one first.",
+                    f"{self.holder} is running for schema {target.schema!r} on {target.where}: "
+                    f"it holds {self.tables} advisory lock. Run only one worker per store; stop "
+                    "the other one first.",
                     schema=target.schema,
                 )
             if self.channel:
@@ -107,7 +124,7 @@ class _Claim:
         except psycopg.Error as error:
             conn.close()
             raise Unavailable(
-                f"cannot take the views' lock on {target.where} ({first_line(error)})"
+                f"cannot take {self.tables} lock on {target.where} ({first_line(error)})"
             ) from None
         except BaseException:
             conn.close()
@@ -210,7 +227,7 @@ class ProjectionWorker:
         self.settings = settings
         self.poll_interval = poll_interval
         self._views = open_views(settings, pool_size=1)
-        self._claim = _Claim(settings, ledger, listen=True)
+        self._claim = WorkerClaim(settings, ledger, listen=True)
         self._runner = _Runner(ledger, self._views, page_size)
         self.applied = 0  # events applied by this worker since it started
 
@@ -306,7 +323,7 @@ def rebuild(
         raise InvalidInput("page_size must be at least 1", field="page_size")
     names = resolve_projections(projection)
     views = open_views(settings, pool_size=1)
-    claim = _Claim(settings, ledger, listen=False)
+    claim = WorkerClaim(settings, ledger, listen=False)
     try:
         with store_errors():
             claim.acquire()
@@ -365,6 +382,7 @@ def _rebuild_in_place(
 
 __all__ = [
     "ProjectionWorker",
+    "WorkerClaim",
     "WorkerProgress",
     "advisory_lock_key",
     "rebuild",

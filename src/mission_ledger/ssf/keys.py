@@ -1,4 +1,4 @@
-"""SET signing keys: the key-store seam, a file-backed store and an in-memory one.
+"""SET signing keys: the key-store seam and its three stores, one per storage backend.
 
 Keys are RS256 (RSA, 3072 bits by default, at least 2048: CAEP Interoperability Profile §2.6)
 and ES256 (P-256). Each key's ``kid`` is its RFC 7638 JWK thumbprint (base64url SHA-256 of the
@@ -13,7 +13,27 @@ A rotated-out key stays published (``retiring``) until no queued SET signed with
 store cannot know that; the outbox does, and calls :meth:`KeyStore.retire` once its queue holds no
 SET signed with that ``kid`` (SSF digest §17.2; issue 4 item 1).
 
-Private keys never appear in ``repr``, logs, exceptions or :meth:`KeyStore.jwks`.
+**Where the keys live follows the event store** (:func:`open_key_store`):
+
+- ``memory:`` → :class:`MemoryKeyStore` (the process's memory, like the ledger itself);
+- SQLite (``--data DIR``) → :class:`FileKeyStore`: PKCS#8 PEM files (0600) and ``index.json`` in
+  ``DIR/ssf-keys``. One host, like the SQLite files next to it.
+- PostgreSQL → :class:`PostgresKeyStore`: the table ``ssf_signing_keys`` in the configured
+  schema. Every Authority process (servers behind a load balancer, the worker, the CLI) on any
+  host signs with, and publishes, the same keys; a per-host directory would give each host its
+  own keys, so a receiver would see a different JWKS depending on which host answered. Key
+  creation and rotation are serialised by a transaction-level advisory lock
+  (:func:`signing_keys_lock_key`), and a partial unique index makes "one active key per
+  algorithm" a database invariant as well. The private key is a PEM column: whoever may read
+  that table may sign SETs as this Authority, so grant it like the ledger's own tables. ``retire``
+  sets the column to NULL; PostgreSQL keeps the old row version until VACUUM, and backups keep
+  whatever they copied.
+
+Every store re-reads its keys on every call, so a ``mission-ledger keys rotate`` run by another
+process is seen at once by a running server. Private keys never appear in ``repr``, logs,
+exceptions or :meth:`KeyStore.jwks`; store failures are :class:`~mission_ledger.errors.Unavailable`
+(unreachable, retryable) or :class:`~mission_ledger.errors.KeyStoreError` (unusable), naming
+``host:port/db`` or the file, never a password.
 """
 
 from __future__ import annotations
@@ -24,28 +44,42 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+import psycopg
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from ..errors import Conflict, InvalidInput, KeyStoreError, NotFound
+from ..errors import Conflict, InvalidInput, KeyStoreError, NotFound, Unavailable, first_line
+
+if TYPE_CHECKING:
+    from ..config import PostgresTarget, Settings
 
 __all__ = [
     "DEFAULT_RSA_BITS",
     "MIN_RSA_BITS",
+    "PG_TABLE",
     "SUPPORTED_ALGORITHMS",
     "FileKeyStore",
     "KeyStore",
     "KeyStoreError",
     "MemoryKeyStore",
+    "PostgresKeyStore",
     "SigningKey",
     "jwk_thumbprint",
+    "key_store_location",
+    "open_key_store",
     "public_jwk",
+    "signing_keys_lock_key",
 ]
 
 SUPPORTED_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
@@ -94,7 +128,13 @@ class KeyStore(Protocol):
         ...
 
     def list(self) -> builtins.list[dict[str, Any]]:
-        """Every key known, oldest first: ``kid``, ``alg``, ``status``, ``created_at``."""
+        """Every key known, oldest first: ``kid``, ``alg``, ``status``, ``created_at`` and
+        ``rotated_at`` (when it stopped signing; ``None`` while active, and in stores that do
+        not record it)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open (a database connection); it may be used again."""
         ...
 
 
@@ -275,7 +315,10 @@ class _IndexedKeyStore:
         with self._lock:
             index = self._read_index()
         rows = sorted(index.items(), key=lambda item: (item[1]["created_at"], item[0]))
-        return [{"kid": kid, **row} for kid, row in rows]
+        return [{"kid": kid, "rotated_at": row.get("rotated_at"), **row} for kid, row in rows]
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
 
 class MemoryKeyStore(_IndexedKeyStore):
@@ -380,3 +423,385 @@ class FileKeyStore(_IndexedKeyStore):
 
     def _delete_private(self, kid: str) -> None:
         self._path(kid).unlink(missing_ok=True)
+
+
+# --- PostgreSQL: the keys in the database every Authority process shares ---------------------
+
+PG_TABLE = "ssf_signing_keys"
+PG_APPLICATION_NAME = "mission-ledger/ssf-keys"
+PG_LOCK_TIMEOUT_MS = 30_000  # waiting longer for another process's key change is Unavailable
+
+_T = TypeVar("_T")
+
+
+def signing_keys_lock_key(schema: str) -> int:
+    """The signed 64-bit advisory lock key that serialises key creation and rotation in
+    ``schema`` (locks are per database; distinct from the schema-DDL and views' keys)."""
+    digest = hashlib.sha256(f"mission_ledger/ssf-signing-keys/{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _pem(key: PrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+class _Slot:
+    """The store's one connection; a ``weakref.finalize`` closes it with the store."""
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
+                conn.close()
+
+
+class PostgresKeyStore:
+    """Keys as rows of ``<schema>.ssf_signing_keys``, shared by every process on the store.
+
+    Columns: ``kid`` (primary key), ``alg``, ``state`` (active, retiring, retired),
+    ``created_at``, ``rotated_at`` (when it stopped signing), ``public_jwk`` (the public members,
+    what ``jwks()`` serves) and ``private_key_pem`` (PKCS#8; NULL once retired). The table is
+    created on first use under the store's schema lock (:func:`..bootstrap.schema_lock`).
+
+    One connection per store (autocommit; each operation is one explicit transaction), opened
+    lazily and shared by the store's threads under a lock. Reads, ``ensure_keys`` and ``retire``
+    are idempotent and retried once on a fresh connection when the old one failed (a server
+    restart); ``rotate`` is not, so it checks the connection before its transaction instead.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rsa_bits: int = DEFAULT_RSA_BITS,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        if settings.backend() != "postgres":
+            raise InvalidInput(
+                "PostgresKeyStore needs a postgresql:// database URL", field="database_url"
+            )
+        if rsa_bits < MIN_RSA_BITS:
+            raise InvalidInput(
+                f"RSA keys need at least {MIN_RSA_BITS} bits, got {rsa_bits}", field="rsa_bits"
+            )
+        self._settings = settings
+        self._target: PostgresTarget = settings.postgres_target()
+        self._table = sql.Identifier(self._target.schema, PG_TABLE)
+        self._lock_key = signing_keys_lock_key(self._target.schema)
+        self._rsa_bits = rsa_bits
+        self._now = now if now is not None else (lambda: datetime.now(UTC))
+        self._lock = threading.RLock()
+        self._cache: dict[str, PrivateKey] = {}
+        self._slot = _Slot()
+        self._ready = False
+        weakref.finalize(self, self._slot.close)
+
+    def __repr__(self) -> str:
+        return f"PostgresKeyStore({self._target.where!r}, schema={self._target.schema!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._slot.close()
+
+    # -- connection, errors, DDL ----------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        password = self._target.password
+        return text.replace(password, "***") if password else text
+
+    def _unavailable(self, error: BaseException) -> Unavailable:
+        return Unavailable(
+            f"cannot reach PostgreSQL at {self._target.where} for the SET signing keys "
+            f"({self._scrub(first_line(error))}); check --database-url and retry"
+        )
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn = self._slot.conn
+        if conn is None or conn.closed:
+            self._slot.close()
+            conn = self._target.connect(autocommit=True, application_name=PG_APPLICATION_NAME)
+            self._slot.conn = conn
+        if not self._ready:
+            self._create_table(conn)
+            self._ready = True
+        return conn
+
+    def _create_table(self, conn: psycopg.Connection[Any]) -> None:
+        from ..bootstrap import schema_lock  # bootstrap imports the ledger; keep keys.py light
+
+        table, schema = self._table, self._target.schema
+        one_active = sql.Identifier(f"{PG_TABLE}_one_active_per_alg")
+        with schema_lock(self._settings), conn.transaction():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(
+                sql.SQL(
+                    """CREATE TABLE IF NOT EXISTS {} (
+                        kid text PRIMARY KEY,
+                        alg text NOT NULL CHECK (alg IN ('RS256', 'ES256')),
+                        state text NOT NULL CHECK (state IN ('active', 'retiring', 'retired')),
+                        created_at timestamptz NOT NULL,
+                        rotated_at timestamptz,
+                        public_jwk jsonb NOT NULL,
+                        private_key_pem text,
+                        CHECK ((state = 'retired') = (private_key_pem IS NULL)),
+                        CHECK ((state = 'active') = (rotated_at IS NULL))
+                    )"""
+                ).format(table)
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (alg) WHERE state = 'active'"
+                ).format(one_active, table)
+            )
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], _T], *, retry: bool) -> _T:
+        """Run ``work`` in one transaction; map the driver's errors to the ledger's."""
+        with self._lock:
+            attempts = 2 if retry else 1
+            for attempt in range(1, attempts + 1):
+                reused = self._slot.conn is not None and not self._slot.conn.closed
+                try:
+                    conn = self._connection()
+                    with conn.transaction():
+                        return work(conn)
+                except psycopg.errors.LockNotAvailable:
+                    raise Unavailable(
+                        f"another process has held the signing-key lock on "
+                        f"{self._target.where} for over {PG_LOCK_TIMEOUT_MS // 1000} s; retry"
+                    ) from None
+                except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                    self._slot.close()
+                    if reused and attempt < attempts:
+                        continue  # the connection died while idle: once more, on a new one
+                    raise self._unavailable(error) from None
+                except psycopg.IntegrityError:
+                    raise Conflict(
+                        f"the signing keys on {self._target.where} changed concurrently; retry"
+                    ) from None
+                except psycopg.Error as error:  # permissions, a damaged table, …
+                    raise KeyStoreError(
+                        f"cannot use the signing-key table {self._target.schema}.{PG_TABLE} on "
+                        f"{self._target.where}: {self._scrub(first_line(error))}"
+                    ) from None
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take_lock(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{PG_LOCK_TIMEOUT_MS}ms"))
+        )
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_key])
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def _load(self, kid: str, pem: str | None) -> PrivateKey:
+        key = self._cache.get(kid)
+        if key is not None:
+            return key
+        where = f"{self._target.schema}.{PG_TABLE} on {self._target.where}"
+        if pem is None:
+            raise KeyStoreError(f"the private key for kid {kid} is missing from {where}")
+        try:
+            loaded = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+        except (ValueError, TypeError, UnicodeError, UnsupportedAlgorithm):
+            # Never chain the parser's error: it could quote key material.
+            raise KeyStoreError(f"cannot load the private key for kid {kid} from {where}") from None
+        if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise KeyStoreError(f"the key for kid {kid} in {where} is not an RSA or EC key")
+        if jwk_thumbprint(public_jwk(loaded)) != kid:
+            raise KeyStoreError(f"the private key stored for kid {kid} in {where} has another kid")
+        self._cache[kid] = loaded
+        return loaded
+
+    def _active(self, conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str | None]]:
+        rows = conn.execute(
+            sql.SQL("SELECT alg, kid, private_key_pem FROM {} WHERE state = 'active'").format(
+                self._table
+            )
+        ).fetchall()
+        return {alg: (kid, pem) for alg, kid, pem in rows}
+
+    def _insert(self, conn: psycopg.Connection[Any], alg: str, key: PrivateKey) -> str:
+        kid = jwk_thumbprint(public_jwk(key))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (kid, alg, state, created_at, public_jwk, private_key_pem) "
+                "VALUES (%s, %s, 'active', %s, %s, %s)"
+            ).format(self._table),
+            [kid, alg, self._now(), Jsonb(public_jwk(key)), _pem(key)],
+        )
+        return kid
+
+    def _create_missing(self, algs: Sequence[str]) -> None:
+        """Make an active key for each of ``algs`` that has none, once across processes.
+
+        Keys are generated before the lock is taken (RSA takes a while); under the lock the
+        active keys are read again, and a key another process created meanwhile wins.
+        """
+        fresh = {alg: _generate(alg, self._rsa_bits) for alg in algs}
+
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            self._take_lock(conn)
+            present = self._active(conn)
+            for alg, key in fresh.items():
+                if alg not in present:
+                    self._insert(conn, alg, key)
+
+        self._run(insert, retry=True)
+
+    # -- the KeyStore protocol ------------------------------------------------------------------
+
+    def ensure_keys(self) -> None:
+        with self._lock:
+            present = self._run(self._active, retry=True)
+            missing = [alg for alg in SUPPORTED_ALGORITHMS if alg not in present]
+            if missing:
+                self._create_missing(missing)
+
+    def active(self, alg: str) -> SigningKey:
+        _check_alg(alg)
+        with self._lock:
+            row = self._run(self._active, retry=True).get(alg)
+            if row is None:
+                self._create_missing([alg])
+                row = self._run(self._active, retry=True).get(alg)
+                if row is None:
+                    raise KeyStoreError(f"no active {alg} key after creating one; retry")
+            kid, pem = row
+            return SigningKey(kid=kid, alg=alg, private_key=self._load(kid, pem))
+
+    def rotate(self, alg: str) -> SigningKey:
+        _check_alg(alg)
+        key = _generate(alg, self._rsa_bits)
+        with self._lock:
+            self._run(lambda conn: None, retry=True)  # a live connection before the one-shot
+            kid = ""
+
+            def swap(conn: psycopg.Connection[Any]) -> None:
+                nonlocal kid
+                self._take_lock(conn)
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET state = 'retiring', rotated_at = %s "
+                        "WHERE alg = %s AND state = 'active'"
+                    ).format(self._table),
+                    [self._now(), alg],
+                )
+                kid = self._insert(conn, alg, key)
+
+            self._run(swap, retry=False)
+            self._cache[kid] = key
+            return SigningKey(kid=kid, alg=alg, private_key=key)
+
+    def retire(self, kid: str) -> None:
+        def unpublish(conn: psycopg.Connection[Any]) -> None:
+            row = conn.execute(
+                sql.SQL("SELECT alg, state FROM {} WHERE kid = %s FOR UPDATE").format(self._table),
+                [kid],
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no signing key with kid {kid!r}", kid=kid)
+            alg, state = row
+            if state == "retired":
+                return
+            if state == "active":
+                raise Conflict(f"key {kid} is active; rotate {alg} first, then retire it", kid=kid)
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET state = 'retired', private_key_pem = NULL WHERE kid = %s"
+                ).format(self._table),
+                [kid],
+            )
+
+        with self._lock:
+            self._run(unpublish, retry=True)
+            self._cache.pop(kid, None)
+
+    def _forget_unpublished(self, published: set[str]) -> None:
+        """Drop cached private keys that another process retired (or rotated away and retired)."""
+        for kid in [k for k in self._cache if k not in published]:
+            del self._cache[kid]
+
+    def jwks(self) -> dict[str, Any]:
+        with self._lock:
+            rows = self._run(
+                lambda conn: conn.execute(
+                    sql.SQL(
+                        "SELECT kid, alg, public_jwk FROM {} "
+                        "WHERE state IN ('active', 'retiring') ORDER BY created_at, kid"
+                    ).format(self._table)
+                ).fetchall(),
+                retry=True,
+            )
+            self._forget_unpublished({kid for kid, _, _ in rows})
+        keys = []
+        for kid, alg, stored in rows:
+            kty = stored.get("kty") if isinstance(stored, dict) else None
+            members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
+            if members is None or not all(isinstance(stored.get(m), str) for m in members):
+                raise KeyStoreError(f"the public key stored for kid {kid} is not a usable JWK")
+            jwk = {m: stored[m] for m in members}  # the public members only, whatever is stored
+            if jwk_thumbprint(jwk) != kid:
+                raise KeyStoreError(f"the public key stored for kid {kid} has another kid")
+            keys.append({**jwk, "kid": kid, "alg": alg, "use": "sig"})
+        return {"keys": keys}
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        with self._lock:
+            rows = self._run(
+                lambda conn: conn.execute(
+                    sql.SQL(
+                        "SELECT kid, alg, state, created_at, rotated_at FROM {} "
+                        "ORDER BY created_at, kid"
+                    ).format(self._table)
+                ).fetchall(),
+                retry=True,
+            )
+            self._forget_unpublished({kid for kid, _, state, _, _ in rows if state != "retired"})
+        return [
+            {
+                "kid": kid,
+                "alg": alg,
+                "status": state,
+                "created_at": _timestamp(created),
+                "rotated_at": _timestamp(rotated),
+            }
+            for kid, alg, state, created, rotated in rows
+        ]
+
+
+# --- Choosing the store ------------------------------------------------------------------------
+
+
+def open_key_store(settings: Settings, *, rsa_bits: int = DEFAULT_RSA_BITS) -> KeyStore:
+    """The key store of ``settings``' backend: memory → :class:`MemoryKeyStore`, SQLite →
+    :class:`FileKeyStore` in ``<data_dir>/ssf-keys``, PostgreSQL → :class:`PostgresKeyStore`.
+
+    Nothing is opened or created until the store is first used."""
+    backend = settings.backend()
+    if backend == "memory":
+        return MemoryKeyStore(rsa_bits=rsa_bits)
+    if backend == "sqlite":
+        return FileKeyStore(settings.data_dir / "ssf-keys", rsa_bits=rsa_bits)
+    return PostgresKeyStore(settings, rsa_bits=rsa_bits)
+
+
+def key_store_location(settings: Settings) -> str:
+    """Where :func:`open_key_store` keeps the keys of ``settings``, in words (no password)."""
+    backend = settings.backend()
+    if backend == "memory":
+        return "memory (this process only)"
+    if backend == "sqlite":
+        return str(settings.data_dir / "ssf-keys")
+    target = settings.postgres_target()
+    return f"PostgreSQL {target.where}, table {target.schema}.{PG_TABLE}"

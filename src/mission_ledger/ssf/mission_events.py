@@ -105,6 +105,25 @@ def mission_subject(mission_id: str) -> dict[str, Any]:
     return {"format": "opaque", "id": mission_id}
 
 
+def mission_subject_forms(mission_id: str, user: str, agent: str) -> list[dict[str, Any]]:
+    """Every subject form a Mission answers to, for stream subject matching (SSF §8.1.3.1).
+
+    The simple ``{"format": "opaque", "id": MISSION_ID}`` (our profile's and the drafts'
+    ``sub_id``) and the complex ``session`` / ``user`` / ``application`` subject (the CAEP
+    ``sub_id`` is its ``session`` member alone), so a receiver may add or remove one Mission, or
+    every Mission of a user or of an agent (complex subjects match on their shared members).
+    """
+    return [
+        mission_subject(mission_id),
+        {
+            "format": "complex",
+            "session": mission_subject(mission_id),
+            "user": {"format": "opaque", "id": user},
+            "application": {"format": "opaque", "id": agent},
+        },
+    ]
+
+
 def proposal_subject(proposal_id: str) -> dict[str, Any]:
     """The ``sub_id`` of the proposal event types."""
     return {"format": "opaque", "id": proposal_id}

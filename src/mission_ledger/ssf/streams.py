@@ -443,7 +443,8 @@ class StreamService:
             actor=principal.actor,
             now=self.ledger.clock.now(),
         )
-        self._sink(stream_uuid.hex, delivery)
+        if delivery.authorization is not None:  # poll streams have no secret to keep
+            self._sink(stream_uuid.hex, delivery)
         self._commit(stream)
         with self._lock:
             self._owners[stream.stream_id] = principal.principal_id
