@@ -8,6 +8,8 @@ block on a full pipe. :meth:`Server.create_token` mints principals with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -77,21 +79,25 @@ class Server:
         assert TOKEN.fullmatch(token), f"unexpected token output {out!r}"
         return token
 
-    def mint(self, specs: dict[str, Sequence[str]], *, parallel: bool = True) -> dict[str, str]:
-        """Create principals: ``{key: [role, name, *options]}``, by default with one
-        ``tokens create`` process each, all at once (on PostgreSQL too: opening a store takes the
-        schema lock, :func:`mission_ledger.bootstrap.schema_lock`, so they do not collide on the
-        library's DDL); ``parallel=False`` runs them one after the other.
-        """
-        if parallel:
-            running = {key: self.create_token(*spec) for key, spec in specs.items()}
-            minted = {key: self.collect_token(process) for key, process in running.items()}
-        else:
-            minted = {
-                key: self.collect_token(self.create_token(*spec)) for key, spec in specs.items()
-            }
+    def mint(self, specs: dict[str, Sequence[str]]) -> dict[str, str]:
+        """Create principals, ``{key: [role, name, *options]}``, with ``tokens create`` run
+        in this process against the server's store (the same command an operator runs, without
+        paying a Python start-up per token; :meth:`create_token` runs it as a process)."""
+        minted = {key: self.create_token_in_process(*spec) for key, spec in specs.items()}
         self.tokens.update(minted)
         return minted
+
+    def create_token_in_process(self, role: str, name: str, *extra: str) -> str:
+        from mission_ledger.cli import main  # the CLI, in-process
+
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["tokens", "create", "--role", role, "--name", name, *extra, *self.storage]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        assert code == 0, f"tokens create failed: {err.getvalue()}"
+        token = out.getvalue().strip()
+        assert TOKEN.fullmatch(token), f"unexpected token output {token!r}"
+        return token
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the server and wait for it to exit; returns its exit code."""
