@@ -136,10 +136,13 @@ def test_rsa_keys_need_2048_bits(tmp_path: Path) -> None:
         FileKeyStore(tmp_path, rsa_bits=1024)
 
 
-def test_default_rsa_size_is_3072(tmp_path: Path) -> None:
+def test_default_rsa_size_is_2048_and_larger_keys_on_request(tmp_path: Path) -> None:
     key = FileKeyStore(tmp_path / "ssf-keys").active("RS256")
     assert isinstance(key.private_key, rsa.RSAPrivateKey)
-    assert key.private_key.key_size == 3072
+    assert key.private_key.key_size == 2048
+    larger = FileKeyStore(tmp_path / "larger", rsa_bits=3072).active("RS256")
+    assert isinstance(larger.private_key, rsa.RSAPrivateKey)
+    assert larger.private_key.key_size == 3072
 
 
 def test_file_store_persists_across_instances_with_private_files_0600(tmp_path: Path) -> None:

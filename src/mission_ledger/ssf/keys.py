@@ -1,6 +1,7 @@
 """SET signing keys: the key-store seam and its three stores, one per storage backend.
 
-Keys are RS256 (RSA, 3072 bits by default, at least 2048: CAEP Interoperability Profile §2.6)
+Keys are RS256 (RSA, 2048 bits by default — the CAEP Interoperability Profile's minimum, §2.6;
+signing cost decides fan-out latency, see docs/decisions.md — and larger through ``rsa_bits``)
 and ES256 (P-256). Each key's ``kid`` is its RFC 7638 JWK thumbprint (base64url SHA-256 of the
 canonical public JWK), so it is stable and anyone can derive it from the published key.
 
@@ -83,7 +84,7 @@ __all__ = [
 ]
 
 SUPPORTED_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
-DEFAULT_RSA_BITS = 3072
+DEFAULT_RSA_BITS = 2048  # ≈3× faster to sign than 3072; every receiver costs one signature
 MIN_RSA_BITS = 2048
 INDEX_FILE = "index.json"
 
