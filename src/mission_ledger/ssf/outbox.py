@@ -27,10 +27,11 @@ streams and re-reads them (the page may or may not have committed).
 stream's ``signing_alg`` (RS256 by default, ES256 per stream). A page with at least 8 RS256 SETs
 is signed in a small thread pool: RSA signing (≈0.8 ms per 2048-bit signature here, the
 default; ≈3 ms per 3072-bit one; 90% of the worker's time in a profile) runs in OpenSSL without
-the GIL, so on this 2-core machine the worker queued ≈500 RS256 SETs/s with two signing threads against ≈280/s with one (measured
-end to end, SQLite, 1,350 SETs; on a machine loaded by other processes the two were within
-noise). ES256 signs an order of magnitude faster and is not worth the hand-off. ``iat`` and the
-queue's ``created_at`` come from the ledger's clock.
+the GIL, so on this 2-core machine the worker queued ≈500 RS256 (3072-bit) SETs/s with two
+signing threads against ≈280/s with one (measured end to end, SQLite, 1,350 SETs; on a machine
+loaded by other processes the two were within noise). ES256 signs an order of magnitude faster
+and is not worth the hand-off. ``iat`` and the queue's ``created_at`` come from the ledger's
+clock.
 
 **Wake-ups.** PostgreSQL: the worker's lock connection LISTENs on the ledger's NOTIFY channel,
 so a commit wakes it at once; SQLite: it polls every ``poll_interval``. After every committed
