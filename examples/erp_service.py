@@ -13,7 +13,11 @@ SIGTERM) deletes the stream and exits.
         --listen 127.0.0.1:9090
 
 Push needs a transmitter that can reach ``--listen`` (for a local Authority:
-``mission-ledger serve --allow-insecure-push --allow-private-push-targets``).
+``mission-ledger serve --allow-insecure-push --allow-private-push-targets``); port 0 listens on
+any free port. ``--json`` prints one JSON object per line instead, each with ``at``, the wall
+clock time (seconds since the epoch) at which the line's fact happened — for a SET, when it
+arrived verified, before it is applied (``scripts/demo`` measures propagation with it).
+``--caep`` also requests CAEP ``session-revoked``.
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from mission_ledger.receiver import (
+    CAEP_SESSION_REVOKED,
     MISSION_EVENTS,
     NAMESPACE,
     MissionTracker,
@@ -88,6 +96,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="allow plain http to a non-loopback transmitter (never in production)",
     )
+    parser.add_argument(
+        "--caep", action="store_true", help="also request CAEP session-revoked SETs"
+    )
+    parser.add_argument(
+        "--description", help="the stream's description (default: ERP Service (MODE))"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON lines, each with `at` (epoch seconds) — for programs that watch it",
+    )
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("give --token or set MISSION_LEDGER_RECEIVER_TOKEN")
@@ -101,17 +120,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Erp:
     """The Service's state: which Missions it may rely on."""
 
-    def __init__(self, tracker: MissionTracker) -> None:
+    def __init__(self, tracker: MissionTracker, *, as_json: bool = False) -> None:
         self.tracker = tracker
+        self.as_json = as_json
 
     async def on_event(self, verified: VerifiedSet) -> None:
+        received = time.time()  # verified, not yet applied (a re-read may follow)
         outcome = await self.tracker.apply(verified)
-        self.report(outcome)
+        self.report(outcome, received)
 
-    def report(self, outcome: Outcome) -> None:
+    def say(self, text: str, status: str, **fields: Any) -> None:
+        """A line about the Service itself: ``text``, or with ``--json`` ``{"status", …}``."""
+        if self.as_json:
+            print(json.dumps({"at": time.time(), "status": status, **fields}), flush=True)
+        else:
+            print(text, flush=True)
+
+    def report(self, outcome: Outcome, received: float | None = None) -> None:
         name = outcome.event_type.rsplit("/", 1)[-1]
         active = len(self.tracker.active_missions())
-        if outcome.mission is not None:
+        if self.as_json:
+            m = outcome.mission
+            line = {
+                "at": time.time() if received is None else received,
+                "kind": outcome.kind,
+                "event": name,
+                "jti": outcome.jti,
+                "mission": m.mission_id if m else None,
+                "state": m.state if m else None,
+                "version": m.version if m else None,
+                "active": m.active if m else None,
+                "resynced": outcome.resynced,
+                "detail": outcome.detail,
+                "active_missions": active,
+            }
+            print(json.dumps(line), flush=True)
+        elif outcome.mission is not None:
             m = outcome.mission
             flags = " (re-read)" if outcome.resynced else ""
             if not m.active and m.state == "active":
@@ -137,7 +181,9 @@ async def main(args: argparse.Namespace) -> int:
         reader = http_mission_reader(
             metadata.issuer, args.token, session, allow_http=args.allow_http
         )
-        erp = Erp(MissionTracker(reader))
+        erp = Erp(MissionTracker(reader), as_json=args.json)
+        wanted = [*WANTED, CAEP_SESSION_REVOKED] if args.caep else WANTED
+        description = args.description or f"ERP Service ({args.mode})"
         runner: web.AppRunner | None = None
         handlers: dict[str, Handler] = {}
         secret = "Bearer " + secrets.token_urlsafe(32)
@@ -155,18 +201,23 @@ async def main(args: argparse.Namespace) -> int:
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, args.host, args.port).start()
+            if args.port == 0 and not args.endpoint_url:  # the port the system chose
+                endpoint = f"http://{args.host}:{runner.addresses[0][1]}/ssf/events"
             config = await client.create(
-                WANTED,
+                wanted,
                 endpoint_url=endpoint,
                 authorization_header=secret,
-                description="ERP Service (push)",
+                description=description,
             )
         else:
-            config = await client.create(WANTED, description="ERP Service (poll)")
-        print(
+            config = await client.create(wanted, description=description)
+        erp.say(
             f"stream {config.stream_id} created ({config.delivery.method}); "
             f"delivered: {len(config.events_delivered)} event types",
-            flush=True,
+            "stream-created",
+            stream_id=config.stream_id,
+            delivery=config.delivery.method,
+            events_delivered=list(config.events_delivered),
         )
         verifier = SetVerifier(
             metadata.issuer,
@@ -180,20 +231,29 @@ async def main(args: argparse.Namespace) -> int:
                 handlers["push"] = push_handler(
                     verifier, erp.on_event, expected_authorization=secret
                 )
-                print(f"listening for pushed SETs on {endpoint}", flush=True)
+                erp.say(f"listening for pushed SETs on {endpoint}", "listening", endpoint=endpoint)
             state = await erp.tracker.request_verification(client, config.stream_id)
-            print(f"verification requested (state {state[:8]}…)", flush=True)
+            erp.say(f"verification requested (state {state[:8]}…)", "verification-requested")
             if args.mode == "poll":
                 stats = await poll_forever(
                     client, config.stream_id, verifier, erp.on_event, stop_event=stop
                 )
-                print(f"stopped after {stats.polls} polls, {stats.acked} SETs acked", flush=True)
+                erp.say(
+                    f"stopped after {stats.polls} polls, {stats.acked} SETs acked",
+                    "stopped",
+                    polls=stats.polls,
+                    acked=stats.acked,
+                )
             else:
                 await stop.wait()
         finally:
             with contextlib.suppress(ReceiverError):
                 await client.delete(config.stream_id)
-                print(f"stream {config.stream_id} deleted", flush=True)
+                erp.say(
+                    f"stream {config.stream_id} deleted",
+                    "stream-deleted",
+                    stream_id=config.stream_id,
+                )
             if runner is not None:
                 await runner.cleanup()
     return 0

@@ -6,7 +6,8 @@ The server prints ``listening on http://HOST:PORT`` on stdout once it accepts co
 accepting, answers waiting SSF long polls, lets in-flight requests finish, stops the projection
 and SSF outbox workers and the live view, and the ledger is closed. On first start against an
 empty store it creates the bootstrap operator and prints its token once on stderr. The SSF
-options (``--poll-timeout``, ``--poll-reoffer-after``, ``--min-verification-interval``) are
+options (``--poll-timeout``, ``--poll-reoffer-after``, ``--min-verification-interval``, and for
+push delivery ``--allow-insecure-push``, ``--allow-private-push-targets`` and ``--push-*``) are
 described in ``docs/ssf-receivers.md``.
 """
 
@@ -75,6 +76,7 @@ def cmd_serve(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> O
         poll_timeout=args.poll_timeout,
         poll_reoffer_after=args.poll_reoffer_after,
         min_verification_interval=args.min_verification_interval,
+        push=_push_options(args),
     )
     serve(ledger, s, options, log_level=args.log_level)
     return Output(None, "")
@@ -134,6 +136,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an SSF stream's min_verification_interval: sooner verification requests get 429 "
         "(default 30; applies to streams created from now on)",
     )
+    _add_push_arguments(p)
     p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
@@ -141,3 +144,81 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="log level of the JSON logs on stderr (default info: one line per request)",
     )
     p.set_defaults(handler=cmd_serve)
+
+
+# -- SSF push delivery (RFC 8935; mission_ledger.ssf.push) ----------------------------------------
+
+
+def _schedule(text: str) -> Any:
+    from .ssf.push import RetrySchedule  # imports aiohttp: only when the flag is given
+
+    try:
+        return RetrySchedule.parse(text)
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(error.description) from None
+
+
+def _push_options(args: argparse.Namespace) -> Any:
+    from .ssf.push import PushOptions
+    from .ssf.ssrf import PushTargetPolicy
+
+    given: dict[str, Any] = {
+        "concurrency": args.push_concurrency,
+        "connect_timeout": args.push_connect_timeout,
+        "total_timeout": args.push_timeout,
+        "fast": args.push_retry,
+        "slow": args.push_slow_retry,
+    }
+    return PushOptions(
+        policy=PushTargetPolicy(
+            allow_insecure=args.allow_insecure_push,
+            allow_private=args.allow_private_push_targets,
+        ),
+        **{name: value for name, value in given.items() if value is not None},
+    )
+
+
+def _add_push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-insecure-push",
+        action="store_true",
+        help="accept http:// push endpoint URLs (tests and demos only; never in production)",
+    )
+    p.add_argument(
+        "--allow-private-push-targets",
+        action="store_true",
+        help="let push endpoints be loopback, private or link-local addresses (tests and demos "
+        "on one machine only; the SSRF guard refuses them by default)",
+    )
+    p.add_argument(
+        "--push-concurrency",
+        type=positive_int,
+        metavar="N",
+        help="SSF push requests in flight across all streams (default 64)",
+    )
+    p.add_argument(
+        "--push-connect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds for one TCP connect to a push endpoint (default 2)",
+    )
+    p.add_argument(
+        "--push-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds for a whole push request, answer included (default 10)",
+    )
+    p.add_argument(
+        "--push-retry",
+        type=_schedule,
+        metavar="BASE,CAP,ATTEMPTS",
+        help="retries of network errors, timeouts, 5xx, 429: exponential backoff with full "
+        "jitter from BASE to CAP seconds, dead letter after ATTEMPTS (default 0.5,60,20)",
+    )
+    p.add_argument(
+        "--push-slow-retry",
+        type=_schedule,
+        metavar="BASE,CAP,ATTEMPTS",
+        help="retries of invalid_key, authentication_failed, access_denied, 401/403, redirects "
+        "and refused targets (default 30,900,12)",
+    )

@@ -149,13 +149,15 @@ def test_create_requests_events_and_extensions(ssf_server: Server) -> None:
         assert config["stream_id"] != "ignored"
 
         url = receiver.endpoint("configuration_endpoint")
+        # A public IP literal: serve resolves push host names at registration (SSRF guard), and
+        # example.com names do not resolve. Nothing is pushed to it (no events requested).
         push = await receiver.call(
             "POST",
             url,
             {
                 "delivery": {
                     "method": PUSH,
-                    "endpoint_url": "https://erp.example.com/ssf/events",
+                    "endpoint_url": "https://93.184.215.14/ssf/events",
                     "authorization_header": "Bearer push-secret",
                 }
             },
@@ -163,7 +165,7 @@ def test_create_requests_events_and_extensions(ssf_server: Server) -> None:
         pushed = push.ok(201)
         assert pushed["delivery"] == {
             "method": PUSH,
-            "endpoint_url": "https://erp.example.com/ssf/events",
+            "endpoint_url": "https://93.184.215.14/ssf/events",
         }  # the authorization_header is a secret: never returned
         assert "push-secret" not in push.text
         # A push stream has no poll endpoint: its id on the poll path is a 404.

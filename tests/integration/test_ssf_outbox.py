@@ -783,6 +783,10 @@ def test_set_errors_are_recorded_removed_and_reported(env: Env) -> None:
         "queue_depth": 0,
         "offered_unacked": 0,
         "oldest_undelivered_age_seconds": None,
+        "dead_letters": 0,
+        "head_attempts": 0,
+        "next_attempt_at": None,
+        "head_last_error": None,
         "last_errors": [],
     }
 

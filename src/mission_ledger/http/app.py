@@ -6,9 +6,11 @@ stream service, outbox store and outbox worker, and the long-poll hub. Started o
 order: the view (it loads its rows from the tracked ``authorization`` table — or from the log
 when that table was never projected — and catches up to the ledger's head), the embedded
 projection worker thread, the embedded SSF outbox worker thread (it signs and queues SETs and
-tells the poll hub which streams got new ones). On shutdown the poll hub answers every waiting
-long poll at once. Stopped on cleanup in reverse: workers, view, stores, executor, and the
-ledger if this app opened it.
+tells the poll hub and the push deliverer which streams got new ones), then, with the embedded
+workers only, the SSF push deliverer on the event loop (:mod:`..ssf.push`; its SSRF policy is
+the stream service's too). On shutdown the poll hub answers every waiting long poll at once.
+Stopped on cleanup in reverse: the push deliverer (in-flight pushes finish, bounded), workers,
+view, stores, executor, and the ledger if this app opened it.
 
 Middlewares, outermost first: metrics (counts, times and logs every request with its final
 status), errors (every exception → problem+json; only bugs become 500).
@@ -40,7 +42,8 @@ from ..projections import ProjectionStore, ProjectionWorker
 from ..ssf.keys import open_key_store
 from ..ssf.outbox import OutboxWorker
 from ..ssf.outbox_store import OutboxStore
-from ..ssf.streams import StreamService
+from ..ssf.push import PushDeliverer
+from ..ssf.streams import StreamService, resolving_endpoint_check
 from . import routes_missions, routes_proposals, routes_ssf
 from .auth import CHECK_ROLES, require
 from .check_routes import CHECK_OPENAPI_PATHS, add_check_routes
@@ -74,6 +77,8 @@ log = logging.getLogger("mission_ledger.http")
 VIEW_ALL_ROLES = ("operator", "approver", "auditor")
 OPENAPI = web.AppKey("openapi_document", dict)
 RUNTIME = web.AppKey("runtime", dict)  # mutable holder: worker thread and stop event
+# The SSF push deliverer (RFC 8935; on the event loop); None with --no-worker.
+PUSH_DELIVERER: web.AppKey[PushDeliverer | None] = web.AppKey("ssf_push_deliverer")
 
 
 def _version() -> str:
@@ -217,6 +222,25 @@ def _gauges(app: web.Application) -> list[tuple[str, str, float]]:
             float(health["ssf_polls_waiting"]),
         )
     )
+    try:
+        queued, dead = app[OUTBOX].push.totals()
+    except Exception as error:  # the store is down: /healthz says so; leave these out
+        log.warning("metrics: cannot read the SSF push queue: %s", error)
+    else:
+        gauges.append(
+            (
+                "mission_ledger_ssf_push_queued_sets",
+                "SETs queued for SSF push streams (RFC 8935), not yet delivered.",
+                float(queued),
+            )
+        )
+        gauges.append(
+            (
+                "mission_ledger_ssf_push_dead_letters",
+                "SSF push SETs dead-lettered (`mission-ledger streams redeliver` sends them).",
+                float(dead),
+            )
+        )
     return gauges
 
 
@@ -368,9 +392,14 @@ def _lifecycle(owned_ledger: bool) -> Any:
         loop = asyncio.get_running_loop()
         app[POLL_HUB].bind(loop)
         await loop.run_in_executor(executor, _start, app)
+        deliverer = app[PUSH_DELIVERER]
+        if deliverer is not None:
+            await deliverer.start()
         try:
             yield
         finally:
+            if deliverer is not None:
+                await deliverer.stop()  # in-flight pushes finish (bounded), outcomes recorded
             await loop.run_in_executor(executor, _stop, app, owned_ledger)
             executor.shutdown(wait=True)
 
@@ -446,6 +475,7 @@ def _build(
         ledger,
         secret_sink=outbox.put_push_secret,
         min_verification_interval=options.min_verification_interval,
+        endpoint_check=resolving_endpoint_check(options.push.policy),
     )
     app[POLL_HUB] = PollHub()
     try:
@@ -458,9 +488,15 @@ def _build(
         outbox.close()
         store.close()
         raise
+    deliverer = None
     if outbox_worker is not None:
         outbox_worker.add_listener(app[POLL_HUB].notify_threadsafe)
+        deliverer = PushDeliverer(
+            settings, options.push, user_agent=f"mission-ledger/{_version()} (SSF transmitter)"
+        )
+        outbox_worker.add_listener(deliverer.notify_threadsafe)
     app[OUTBOX_WORKER] = outbox_worker
+    app[PUSH_DELIVERER] = deliverer
     app[RUNTIME] = {}
     app[METRICS] = HttpMetrics()
     routes = (*ROUTES, *routes_ssf.routes(settings.issuer))

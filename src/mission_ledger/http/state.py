@@ -11,7 +11,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from ..projections import ProjectionStore, ProjectionWorker
 from ..ssf.keys import KeyStore
 from ..ssf.outbox import OutboxWorker
 from ..ssf.outbox_store import OutboxStore
+from ..ssf.push import PushOptions
 from ..ssf.streams import DEFAULT_MIN_VERIFICATION_INTERVAL, StreamService
 
 P = ParamSpec("P")
@@ -57,6 +58,8 @@ class ServerOptions:
     poll_reoffer_after: float = DEFAULT_POLL_REOFFER_AFTER
     poll_recheck_interval: float = POLL_RECHECK_INTERVAL  # also sees a separate worker's SETs
     min_verification_interval: int = DEFAULT_MIN_VERIFICATION_INTERVAL  # seconds
+    # SSF push delivery (RFC 8935): target policy (SSRF flags), timeouts, retry schedules
+    push: PushOptions = field(default_factory=PushOptions)
 
     def __post_init__(self) -> None:
         if not 0 < self.poll_timeout <= MAX_POLL_TIMEOUT:

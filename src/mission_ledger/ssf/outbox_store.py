@@ -313,8 +313,7 @@ class OutboxStore:
         cutoff = b.time_to_db(now - timedelta(seconds=reoffer_after))
         offerable = (
             "FROM {queue} WHERE stream_id = ? AND dead_at IS NULL "
-            "AND (offered_at IS NULL OR offered_at <= ?)"
-            + ("" if deliver else " AND control")
+            "AND (offered_at IS NULL OR offered_at <= ?)" + ("" if deliver else " AND control")
         )
         with store_errors(WHERE), b.writing() as tx:
             acked = list(dict.fromkeys(j for j in ack if isinstance(j, str)))

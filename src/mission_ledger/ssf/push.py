@@ -171,7 +171,7 @@ class PushOptions:
         checks = (
             ("concurrency", self.concurrency >= 1),
             ("connect_timeout", self.connect_timeout > 0),
-            ("total_timeout", self.total_timeout >= self.connect_timeout),
+            ("total_timeout", self.total_timeout > 0),  # it bounds the connect too
             ("retry_after_cap", self.retry_after_cap >= 0),
             ("scan_interval", self.scan_interval > 0),
             ("batch_size", self.batch_size >= 1),
@@ -181,7 +181,7 @@ class PushOptions:
             if not ok:
                 raise InvalidInput(
                     f"invalid push option {name} (concurrency and batch_size at least 1, "
-                    "timeouts positive with total >= connect)",
+                    "timeouts and intervals positive)",
                     field=name,
                 )
 
@@ -292,6 +292,9 @@ class _Lane:
     new_sets: bool = False  # the outbox queued SETs since the last read started
     status: str | None = None
     endpoint_url: str | None = None
+    secret_updated_at: datetime | None = None
+    # the head's last failure here: (seq, endpoint, authorization) it failed with
+    failed: tuple[int, str, str | None] | None = field(default=None, repr=False)
     current_seq: int | None = None
     sent: set[int] = field(default_factory=set)  # delivered in this batch (deletes pending)
     waiting: bool = False  # sleeping until the head's next attempt
@@ -300,7 +303,11 @@ class _Lane:
         """The scan's view of the stream: re-read when something that matters changed (the
         status or endpoint; a head before the current one, e.g. redelivered dead letters; the
         head this task waits for is gone)."""
-        changed = (head.status, head.endpoint_url) != (self.status, self.endpoint_url)
+        changed = (head.status, head.endpoint_url, head.secret_updated_at) != (
+            self.status,
+            self.endpoint_url,
+            self.secret_updated_at,
+        )
         earlier = (
             head.seq is not None
             and self.current_seq is not None
@@ -397,6 +404,7 @@ class PushDeliverer:
         self._stopping = False
         self._rng = random.SystemRandom()
         self.claimed = False  # whether this deliverer holds the claim (is delivering)
+        self.standby = False  # another deliverer held the claim at the last try
         self.delivered = 0  # SETs accepted since start
         self.failed = 0  # failed attempts since start
         self.dead_lettered = 0  # SETs dead-lettered since start
@@ -428,7 +436,9 @@ class PushDeliverer:
 
     async def stop(self) -> None:
         """Stop: no new attempt starts; in-flight requests get ``drain_timeout`` to finish
-        (their outcomes are recorded), then everything is cancelled and closed."""
+        (their outcomes are recorded), then everything is cancelled and closed. Idempotent."""
+        if self._stopping:
+            return
         self._stopping = True
         for lane in list(self._lanes.values()):
             lane.refresh.set()  # waiting tasks end now; sending ones after their request
@@ -479,6 +489,7 @@ class PushDeliverer:
             try:
                 await self._call(self._claim.acquire)
             except AnotherWorkerActive as error:
+                self.standby = True
                 if not reported_standby:
                     LOG.info("SSF push delivery on standby: %s", error.description)
                     reported_standby = True
@@ -488,11 +499,14 @@ class PushDeliverer:
                 LOG.warning("SSF push delivery cannot take its claim: %s", error.description)
                 await asyncio.sleep(STANDBY_INTERVAL)
                 continue
-            reported_standby = False
+            reported_standby = self.standby = False
             self.claimed = True
             LOG.info("SSF push delivery started")
             try:
                 await self._scan_loop()
+            except Exception:  # a bug: log it, start over (never stop delivering silently)
+                LOG.exception("SSF push delivery failed; restarting in %.0f s", MAX_STORE_BACKOFF)
+                await asyncio.sleep(MAX_STORE_BACKOFF)
             finally:
                 self.claimed = False
                 await self._close_lanes()
@@ -589,6 +603,7 @@ class PushDeliverer:
                         return  # nothing deliverable now: the scan or the listener restarts it
                     lane.status = batch.target.status
                     lane.endpoint_url = batch.target.endpoint_url
+                    lane.secret_updated_at = batch.secret_updated_at
                     await self._deliver_batch(lane, batch)
                     backoff = 0.0
                 except Unavailable as error:
@@ -600,6 +615,9 @@ class PushDeliverer:
                         backoff,
                     )
                     await self._sleep(lane, backoff)
+                except Exception:  # a bug: log it and retry later rather than lose the stream
+                    LOG.exception("SSF push to stream %s failed", lane.stream_id)
+                    await self._sleep(lane, MAX_STORE_BACKOFF)
         finally:
             if self._lanes.get(lane.stream_id) is lane:
                 del self._lanes[lane.stream_id]
@@ -626,7 +644,7 @@ class PushDeliverer:
             if self._stopping or lane.refresh.is_set():
                 break
             lane.current_seq = item.seq
-            if item.next_attempt_at is not None:
+            if item.next_attempt_at is not None and not _reconfigured(lane, batch.target, item):
                 wait = (item.next_attempt_at - self.now()).total_seconds()
                 if wait > 0:
                     lane.waiting = True
@@ -646,6 +664,8 @@ class PushDeliverer:
                 writes.append(self._writer.submit(Delivered(item.seq)))
                 continue
             writes.append(self._writer.submit(self._failed(batch.target, item, attempt)))
+            target = batch.target
+            lane.failed = (item.seq, target.endpoint_url, target.authorization)
             break  # the head's new state (retry later, or dead letter) is read back
         if writes and not all(await asyncio.gather(*writes)):
             raise Unavailable("the outcomes of push attempts could not be written")
@@ -713,5 +733,14 @@ class PushDeliverer:
             next_attempt_at=next_at,
             last_error=error,
             dead=dead,
+            attempted_at=now,
             reported=attempt.reported,
         )
+
+
+def _reconfigured(lane: _Lane, target: PushTarget, item: PushItem) -> bool:
+    """Whether the receiver changed its endpoint or authorization_header since the head failed
+    here: then it is retried at once instead of at its scheduled time."""
+    if lane.failed is None or lane.failed[0] != item.seq:
+        return False
+    return lane.failed[1:] != (target.endpoint_url, target.authorization)

@@ -57,6 +57,7 @@ class PushHead:
     endpoint_url: str | None
     seq: int | None  # the deliverable head (None: nothing to deliver now)
     next_attempt_at: datetime | None
+    secret_updated_at: datetime | None = None  # when the authorization_header last changed
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class PushBatch:
 
     target: PushTarget
     items: list[PushItem]
+    secret_updated_at: datetime | None = None  # when the authorization_header last changed
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Failed:
     next_attempt_at: datetime | None
     last_error: str
     dead: bool
+    attempted_at: datetime  # last_attempt_at (and dead_at when dead)
     reported: tuple[str, str | None] | None = None
 
 
@@ -137,12 +140,14 @@ class PushQueue:
         One statement; each head is found through the live-rows index ``(stream_id, seq)``."""
         b = self._b
         statement = (
-            "SELECT h.stream_id, h.status, h.endpoint_url, h.head, q.next_attempt_at FROM ("
+            "SELECT h.stream_id, h.status, h.endpoint_url, h.head, q.next_attempt_at, "
+            "k.updated_at AS secret_updated_at FROM ("
             "SELECT s.stream_id, s.status, s.endpoint_url, ("
             "SELECT q2.seq FROM {queue} q2 WHERE q2.stream_id = s.stream_id "
             "AND q2.dead_at IS NULL AND (q2.control OR s.status = ?) ORDER BY q2.seq LIMIT 1"
             ") AS head FROM {streams} s WHERE s.delivery_method = ? AND NOT s.deleted "
-            "AND NOT s.receiver_revoked) h LEFT JOIN {queue} q ON q.seq = h.head"
+            "AND NOT s.receiver_revoked) h LEFT JOIN {queue} q ON q.seq = h.head "
+            "LEFT JOIN {secrets} k ON k.stream_id = h.stream_id"
         )
         with store_errors(WHERE), b.reading() as fetch:
             rows = fetch(b.sql(statement), [ENABLED, PUSH])
@@ -153,6 +158,7 @@ class PushQueue:
                 endpoint_url=row["endpoint_url"],
                 seq=None if row["head"] is None else int(row["head"]),
                 next_attempt_at=_maybe_time(row["next_attempt_at"]),
+                secret_updated_at=_maybe_time(row["secret_updated_at"]),
             )
             for row in rows
         ]
@@ -182,7 +188,7 @@ class PushQueue:
             ):
                 return None
             secrets = fetch(
-                b.sql("SELECT authorization_header FROM {secrets} WHERE stream_id = ?"),
+                b.sql("SELECT authorization_header, updated_at FROM {secrets} WHERE stream_id = ?"),
                 [stream_id],
             )
             held = "" if stream["status"] == ENABLED else " AND control"
@@ -214,7 +220,7 @@ class PushQueue:
             )
             for row in rows
         ]
-        return PushBatch(target, items)
+        return PushBatch(target, items, _maybe_time(secrets[0]["updated_at"]) if secrets else None)
 
     def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         """Write the outcomes of several attempts (any streams) in ONE transaction.
@@ -240,9 +246,9 @@ class PushQueue:
                         o.attempts,
                         o.slow_attempts,
                         None if o.next_attempt_at is None else b.time_to_db(o.next_attempt_at),
-                        at,
+                        b.time_to_db(o.attempted_at),
                         _clip(o.last_error),
-                        at if o.dead else None,
+                        b.time_to_db(o.attempted_at) if o.dead else None,
                         o.seq,
                     )
                     for o in failed

@@ -75,7 +75,7 @@ from .mission_events import (
     MISSION_EVENT_TYPES,
     PROPOSAL_EVENT_TYPES,
 )
-from .ssrf import PushTargetPolicy, check_url
+from .ssrf import PushTargetPolicy, check_endpoint_blocking, check_url
 
 SPEC_VERSION = "1_0"
 SSF = "https://schemas.openid.net/secevent/ssf/event-type/"
@@ -120,6 +120,18 @@ def default_endpoint_check(url: str) -> str:
     """The strictest policy (https, public addresses), without resolving: ``serve`` passes a
     resolving check built from its ``--allow-insecure-push`` / ``--allow-private-push-targets``."""
     return check_url(url, PushTargetPolicy())
+
+
+def resolving_endpoint_check(policy: PushTargetPolicy) -> EndpointCheck:
+    """The check ``serve`` uses: :func:`~.ssrf.check_endpoint_blocking` under the operator's
+    ``policy`` (the URL, then every address its host resolves to); returns the URL. It runs its
+    own event loop, so call it from an executor thread (the HTTP handlers do)."""
+
+    def check(url: str) -> str:
+        check_endpoint_blocking(url, policy)
+        return url
+
+    return check
 
 
 def issuer_base(issuer: str) -> str:
@@ -677,6 +689,7 @@ __all__ = [
     "authorization_fingerprint",
     "events_supported",
     "fingerprint_matches",
+    "resolving_endpoint_check",
     "ssf_configuration",
     "well_known_paths",
 ]
