@@ -1,8 +1,9 @@
 """``mission-ledger worker`` and ``mission-ledger rebuild``: keep and recreate the read-side views.
 
 ``worker`` applies the ledger's events to the projection views (``mission_index``,
-``delegation_graph``, ``authorization``) until SIGTERM or SIGINT, then finishes the page in hand
-and exits 0; it logs one progress line per minute on stderr. Only one worker may run per store:
+``delegation_graph``, ``authorization``) and, in a second thread, runs the SSF outbox (signed
+SETs for every stream, exactly once) until SIGTERM or SIGINT, then finishes the page in hand and
+exits 0; it logs one progress line per minute on stderr. Only one worker may run per store:
 a second one exits 4 saying another worker is active. ``worker --once`` applies what is there
 and exits. ``rebuild [PROJECTION]`` drops and recreates view tables and replays the ledger into
 them, with a progress bar on stderr when stderr is a terminal.
@@ -17,18 +18,23 @@ import threading
 import time
 from datetime import UTC, datetime
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .cli import PROG, Output, add_command, positive_int, render_fields
 from .config import Settings
 from .ledger import MissionLedger
 from .projections import PROJECTIONS, ProjectionWorker, WorkerProgress, rebuild
 
+if TYPE_CHECKING:
+    from .ssf.outbox import OutboxWorker
+
 WORKER_EPILOG = f"""\
 examples:
   {PROG} worker                       # until SIGTERM/SIGINT (Ctrl-C); one line a minute
   {PROG} worker --once --json         # apply what is there, print the position, exit
 
+The worker keeps the views AND the SSF outbox (the signed SETs streams receive); every `serve`
+process delivers push streams from that outbox (one at a time holds the delivery lock).
 Run one worker per store (`{PROG} serve` runs one itself unless --no-worker). A second one
 exits with code 4: on PostgreSQL it cannot take the views' advisory lock; on SQLite it finds the
 views' position moved under it at its first write."""
@@ -64,35 +70,71 @@ def _log(line: str) -> None:
 
 
 def cmd_worker(ledger: MissionLedger, args: argparse.Namespace, s: Settings) -> Output:
-    with ProjectionWorker(
-        ledger, s, page_size=args.page_size, poll_interval=args.poll_interval
-    ) as worker:
-        if args.once:
-            applied = worker.run_once()
-            document = {"applied": applied, "position": worker.position, "lag": worker.lag()}
-            return Output(document, render_fields(list(document.items())))
-        stop = threading.Event()
+    from .ssf.keys import open_key_store  # the SSF outbox runs beside the views
+    from .ssf.outbox import OutboxWorker
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
+    keys = open_key_store(s)
+    try:
+        keys.ensure_keys()
+        with (
+            ProjectionWorker(
+                ledger, s, page_size=args.page_size, poll_interval=args.poll_interval
+            ) as worker,
+            OutboxWorker(ledger, s, keys) as outbox,
+        ):
+            return _work(worker, outbox, args)
+    finally:
+        keys.close()
+
+
+def _work(worker: ProjectionWorker, outbox: OutboxWorker, args: argparse.Namespace) -> Output:
+    if args.once:
+        applied = worker.run_once()
+        queued = outbox.run_once()
+        document = {
+            "applied": applied,
+            "position": worker.position,
+            "lag": worker.lag(),
+            "sets_queued": queued,
+            "outbox_lag": outbox.lag(),
+        }
+        return Output(document, render_fields(list(document.items())))
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run_outbox() -> None:
+        try:
+            outbox.run_forever(stop)
+        except BaseException as error:  # reported below; the views stop with it
+            failure.append(error)
             stop.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            lag = worker.lag()
-            _log(
-                f"started: {lag:,} ledger events to catch up; then following the ledger "
-                "(SIGTERM or Ctrl-C stops)"
-            )
-            worker.run_forever(stop, on_progress=_report, progress_interval=args.report_every)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        document = {"applied": worker.applied, "position": worker.position, "lag": worker.lag()}
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=run_outbox, name="mission-ledger-outbox", daemon=True)
+    try:
+        lag = worker.lag()
         _log(
-            f"stopped: applied {worker.applied:,} events in this run; "
-            f"views at position {worker.position:,}"
+            f"started: {lag:,} ledger events to catch up; then following the ledger "
+            "(views and the SSF outbox; SIGTERM or Ctrl-C stops)"
         )
-        return Output(document, "")
+        thread.start()
+        worker.run_forever(stop, on_progress=_report, progress_interval=args.report_every)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failure:
+        raise failure[0]
+    document = {"applied": worker.applied, "position": worker.position, "lag": worker.lag()}
+    _log(
+        f"stopped: applied {worker.applied:,} events in this run; "
+        f"views at position {worker.position:,}"
+    )
+    return Output(document, "")
 
 
 def _report(progress: WorkerProgress) -> None:

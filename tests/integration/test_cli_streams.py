@@ -218,3 +218,13 @@ def _event_types(sets: dict[str, str]) -> list[str]:
         (event_type,) = claims["events"]
         types.append(event_type)
     return types
+
+
+def test_the_worker_command_runs_the_outbox_too(store: Store) -> None:
+    """Scale-out deployments (`worker` + `serve --no-worker`) still get their SETs signed."""
+    stream_id = store.receiver_stream()
+    store.verify(stream_id, "from-the-worker")
+    document = store.cli.ok("worker", "--once")
+    assert document["sets_queued"] == 1
+    assert document["outbox_lag"] == 0
+    assert _event_types(store.poll(stream_id)) == [VERIFICATION]

@@ -488,12 +488,14 @@ def _build(
         outbox.close()
         store.close()
         raise
-    deliverer = None
+    # Every server runs a deliverer: one per store holds the delivery lock, the others stand by
+    # and take over (so `serve --no-worker` beside `mission-ledger worker` pushes too; it sees
+    # the worker's SETs through its periodic scan).
+    deliverer = PushDeliverer(
+        settings, options.push, user_agent=f"mission-ledger/{_version()} (SSF transmitter)"
+    )
     if outbox_worker is not None:
         outbox_worker.add_listener(app[POLL_HUB].notify_threadsafe)
-        deliverer = PushDeliverer(
-            settings, options.push, user_agent=f"mission-ledger/{_version()} (SSF transmitter)"
-        )
         outbox_worker.add_listener(deliverer.notify_threadsafe)
     app[OUTBOX_WORKER] = outbox_worker
     app[PUSH_DELIVERER] = deliverer
