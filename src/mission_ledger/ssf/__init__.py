@@ -1,6 +1,13 @@
-"""The Shared Signals profile: Mission event types and their compatibility outputs.
+"""The SSF transmitter. This package exports the Mission event profile (the pure mapping from
+ledger events to our event types and the two compatibility outputs); the other parts are
+imported from their modules:
 
-Pure mapping only (no signing, no streams, no HTTP); the transmitter builds on it.
+- ``streams``: stream management (SSF §7–8 rules, metadata) over the ``Stream`` aggregate;
+- ``outbox``, ``outbox_fold``, ``outbox_store``, ``outbox_tables``: the tracked projection that
+  signs and stores one SET per (ledger event, type, stream), and its queue;
+- ``push``, ``rfc8935_push``, ``push_queue``: push delivery with retries and dead letters;
+- ``ssrf``: the push target guard; ``keys``: signing keys and the JWKS;
+  ``rfc8417_set``: building, signing and verifying SETs.
 """
 
 from .mission_events import (
