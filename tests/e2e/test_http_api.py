@@ -368,6 +368,11 @@ def test_roles_and_identical_404(sqlite_server: Server) -> None:
         bad_id = await c.get("/missions/not-a-uuid", as_="harness")
         assert bad_id.status == 404
         assert bad_id.text == unknown.text
+        # an operator acts without a pre-load: unknown and malformed ids still give the one 404
+        for path in (f"/missions/{UNKNOWN}/revoke", "/missions/not-a-uuid/suspend"):
+            as_operator = await c.post(path, {}, as_="operator")
+            assert as_operator.status == 404
+            assert as_operator.text == unknown.text, (path, as_operator.text)
         via_predecessor = await c.post(
             "/proposals", proposal("agent:crm-bot", predecessor=mine), as_="other_harness"
         )
