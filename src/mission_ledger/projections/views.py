@@ -505,23 +505,49 @@ class PostgresViews(PostgresTrackingRecorder, Views):
 # -- opening --------------------------------------------------------------------------------------
 
 
-def views_env(settings: Settings, *, pool_size: int) -> Environment:
-    """The library environment of the views: the ledger's, redirected for SQLite/memory."""
+def tracking_env(settings: Settings, *, name: str, sqlite_path: str, pool_size: int) -> Environment:
+    """The library environment of a tracked store named ``name``: the ledger's, with its own
+    pool on PostgreSQL, and redirected to ``sqlite_path`` for SQLite and the in-memory ledger
+    (whose views and outbox still need a file: see README)."""
     env = dict(settings.eventsourcing_env())
-    prefix = PROJECTION_NAME.upper() + "_"
+    prefix = name.upper() + "_"
     env[prefix + "CREATE_TABLE"] = "n"  # ensure_tables() creates them (DDL from the files)
     if settings.backend() == "postgres":
         env[prefix + "POSTGRES_POOL_SIZE"] = str(pool_size)
         env[prefix + "POSTGRES_MAX_OVERFLOW"] = str(pool_size)
-    else:  # SQLite, and the in-memory ledger (whose views still need a file: see README)
+    else:
         env[prefix + "PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
-        env[prefix + "SQLITE_DBNAME"] = sqlite_views_path(settings)
+        env[prefix + "SQLITE_DBNAME"] = sqlite_path
         env.setdefault(prefix + "SQLITE_LOCK_TIMEOUT", env.get("SQLITE_LOCK_TIMEOUT", "30"))
-    return Environment(name=PROJECTION_NAME, env=env)
+    return Environment(name=name, env=env)
 
 
-def open_views(settings: Settings, *, pool_size: int = 2) -> Views:
-    """Construct the views recorder for ``settings`` and make sure its tables exist."""
+def views_env(settings: Settings, *, pool_size: int) -> Environment:
+    """The library environment of the views."""
+    return tracking_env(
+        settings,
+        name=PROJECTION_NAME,
+        sqlite_path=sqlite_views_path(settings),
+        pool_size=pool_size,
+    )
+
+
+def open_tracking_store(
+    settings: Settings,
+    env: Environment,
+    *,
+    postgres_class: type[PostgresTrackingRecorder],
+    sqlite_class: type[SQLiteTrackingRecorder],
+    what: str,
+    where: str | None = None,
+) -> Any:
+    """Construct a tracking recorder (a subclass of the library's PostgreSQL or SQLite one,
+    with ``factory`` and ``ensure_tables()``) for ``settings`` and make sure its tables exist.
+    ``what`` names the store in "cannot open …"; ``where`` in outage messages.
+
+    Table creation is serialised across processes by the schema lock; two processes creating
+    the same PostgreSQL tables at once can still collide in the catalog (a unique violation on
+    pg_type), and the second attempt then finds them."""
     from ..bootstrap import prepare_storage, schema_lock  # bootstrap imports the ledger: lazy
 
     prepare_storage(settings)  # the data directory, or the PostgreSQL schema
@@ -530,35 +556,38 @@ def open_views(settings: Settings, *, pool_size: int = 2) -> Views:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise Unavailable(f"cannot create the data directory {settings.data_dir}") from error
-    env = views_env(settings, pool_size=pool_size)
-    views: Views
-    with store_errors():
+    with store_errors() if where is None else store_errors(where):
+        factory: BaseInfrastructureFactory[Any]
+        store: Any
         try:
             if settings.backend() == "postgres":
-                pg_factory = PostgresFactory(env)
-                views = pg_factory.tracking_recorder(PostgresViews)
-                views.factory = pg_factory
+                factory = PostgresFactory(env)
+                store = factory.tracking_recorder(postgres_class)
             else:
-                sqlite_factory = SQLiteFactory(env)
-                recorder = sqlite_factory.tracking_recorder(SQLiteViews)
-                assert isinstance(recorder, SQLiteViews)
-                views = recorder
-                views.factory = sqlite_factory
+                factory = SQLiteFactory(env)
+                store = factory.tracking_recorder(sqlite_class)
         except OSError as error:  # the library reports unusable settings as OSError
-            raise Unavailable(f"cannot open the projection store ({error})") from error
+            raise Unavailable(f"cannot open {what} ({error})") from error
+        store.factory = factory
         try:
-            with schema_lock(settings):  # serialises table creation across processes
-                _ensure(views)
+            with schema_lock(settings):
+                try:
+                    store.ensure_tables()
+                except IntegrityError:
+                    store.ensure_tables()
         except BaseException:
-            views.close()
+            factory.close()
             raise
+    return store
+
+
+def open_views(settings: Settings, *, pool_size: int = 2) -> Views:
+    """Construct the views recorder for ``settings`` and make sure its tables exist."""
+    views: Views = open_tracking_store(
+        settings,
+        views_env(settings, pool_size=pool_size),
+        postgres_class=PostgresViews,
+        sqlite_class=SQLiteViews,
+        what="the projection store",
+    )
     return views
-
-
-def _ensure(views: Views) -> None:
-    # Two processes creating the same PostgreSQL tables at once can collide in the catalog
-    # (a unique violation on pg_type); the second attempt then finds them.
-    try:
-        views.ensure_tables()
-    except IntegrityError:
-        views.ensure_tables()

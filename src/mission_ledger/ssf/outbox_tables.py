@@ -28,16 +28,20 @@ from typing import Any
 
 import psycopg
 from eventsourcing.persistence import IntegrityError, Tracking
-from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteTrackingRecorder
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..config import Settings
-from ..errors import Unavailable
 from ..ledger import MissionLedger
 from ..projections.contracts import NOT_REBUILDABLE_TABLES, SSF_OUTBOX, ddl_statements
 from ..projections.errors import AnotherWorkerActive
-from ..projections.views import _quote, _sqlite_errors, store_errors
+from ..projections.views import (
+    _quote,
+    _sqlite_errors,
+    open_tracking_store,
+    tracking_env,
+)
 
 __all__ = [
     "APPLICATION_NAME",
@@ -350,51 +354,22 @@ class _PostgresOutbox(PostgresTrackingRecorder, OutboxBackend):
 
 def outbox_env(settings: Settings, *, pool_size: int) -> Environment:
     """The library environment of the outbox: the ledger's, redirected for SQLite/memory."""
-    env = dict(settings.eventsourcing_env())
-    prefix = PROJECTION_NAME.upper() + "_"
-    env[prefix + "CREATE_TABLE"] = "n"  # ensure_tables() creates them (DDL from the files)
-    if settings.backend() == "postgres":
-        env[prefix + "POSTGRES_POOL_SIZE"] = str(pool_size)
-        env[prefix + "POSTGRES_MAX_OVERFLOW"] = str(pool_size)
-    else:  # SQLite, and the in-memory ledger (whose outbox still needs a file, like the views)
-        env[prefix + "PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
-        env[prefix + "SQLITE_DBNAME"] = str(settings.data_dir / SQLITE_OUTBOX_FILE)
-        env.setdefault(prefix + "SQLITE_LOCK_TIMEOUT", env.get("SQLITE_LOCK_TIMEOUT", "30"))
-    return Environment(name=PROJECTION_NAME, env=env)
+    return tracking_env(
+        settings,
+        name=PROJECTION_NAME,
+        sqlite_path=str(settings.data_dir / SQLITE_OUTBOX_FILE),
+        pool_size=pool_size,
+    )
 
 
 def open_backend(settings: Settings, pool_size: int) -> OutboxBackend:
-    from ..bootstrap import prepare_storage, schema_lock  # bootstrap imports the ledger: lazy
-
-    prepare_storage(settings)  # the data directory, or the PostgreSQL schema
-    if settings.backend() == "memory":
-        try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise Unavailable(f"cannot create the data directory {settings.data_dir}") from error
-    env = outbox_env(settings, pool_size=pool_size)
-    backend: OutboxBackend
-    with store_errors(WHERE):
-        try:
-            if settings.backend() == "postgres":
-                pg_factory = PostgresFactory(env)
-                backend = pg_factory.tracking_recorder(_PostgresOutbox)
-                backend.factory = pg_factory
-            else:
-                sqlite_factory = SQLiteFactory(env)
-                recorder = sqlite_factory.tracking_recorder(_SQLiteOutbox)
-                assert isinstance(recorder, _SQLiteOutbox)
-                backend = recorder
-                backend.factory = sqlite_factory
-        except OSError as error:  # the library reports unusable settings as OSError
-            raise Unavailable(f"cannot open the SSF outbox store ({error})") from error
-        try:
-            with schema_lock(settings):  # serialises table creation across processes
-                try:
-                    backend.ensure_tables()
-                except IntegrityError:  # a PostgreSQL catalog race: the second try finds them
-                    backend.ensure_tables()
-        except BaseException:
-            backend.factory.close()
-            raise
+    """Construct the outbox's tracking recorder and make sure its tables exist."""
+    backend: OutboxBackend = open_tracking_store(
+        settings,
+        outbox_env(settings, pool_size=pool_size),
+        postgres_class=_PostgresOutbox,
+        sqlite_class=_SQLiteOutbox,
+        what=WHERE,
+        where=WHERE,
+    )
     return backend
