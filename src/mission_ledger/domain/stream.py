@@ -230,6 +230,27 @@ def check_capabilities(value: object, field: str = "mission_capabilities_support
     return [c for c in MISSION_CAPABILITIES if c in value]
 
 
+#: The receiver-supplied configuration a stream keeps (set at creation, replaced by PATCH/PUT).
+CONFIGURATION_FIELDS: tuple[str, ...] = (
+    "delivery_method",
+    "endpoint_url",
+    "authorization_fingerprint",
+    "events_requested",
+    "events_delivered",
+    "description",
+    "signing_alg",
+    "mission_capabilities",
+)
+
+
+def _apply_configuration(stream: Any, event: Any) -> None:
+    """Copy the configuration fields of a Created or Configured event onto the stream (lists
+    copied, so the stream never shares them with the event)."""
+    for name in CONFIGURATION_FIELDS:
+        value = getattr(event, name)
+        setattr(stream, name, list(value) if isinstance(value, list) else value)
+
+
 # -- the aggregate --------------------------------------------------------------------------------
 
 
@@ -294,15 +315,7 @@ class Stream(ChainedAggregate):
             s.receiver_id, s.receiver_name, s.aud = self.receiver_id, self.receiver_name, self.aud
             s.resources = list(self.resources)
             s.all_missions = self.all_missions
-            s.delivery_method, s.endpoint_url = self.delivery_method, self.endpoint_url
-            s.authorization_fingerprint = self.authorization_fingerprint
-            s.events_requested = (
-                None if self.events_requested is None else list(self.events_requested)
-            )
-            s.events_delivered = list(self.events_delivered)
-            s.description = self.description
-            s.signing_alg = self.signing_alg
-            s.mission_capabilities = list(self.mission_capabilities)
+            _apply_configuration(s, self)
             s.min_verification_interval = self.min_verification_interval
             s.status, s.reason = ENABLED, None
             s.subject_operations = []
@@ -325,15 +338,7 @@ class Stream(ChainedAggregate):
         mission_capabilities: list[str]
 
         def evolve(self, s: Stream) -> None:
-            s.delivery_method, s.endpoint_url = self.delivery_method, self.endpoint_url
-            s.authorization_fingerprint = self.authorization_fingerprint
-            s.events_requested = (
-                None if self.events_requested is None else list(self.events_requested)
-            )
-            s.events_delivered = list(self.events_delivered)
-            s.description = self.description
-            s.signing_alg = self.signing_alg
-            s.mission_capabilities = list(self.mission_capabilities)
+            _apply_configuration(s, self)
 
     class StatusChanged(Event):
         TOPIC = "mission_ledger.StreamStatusChanged.v1"
@@ -480,17 +485,7 @@ class Stream(ChainedAggregate):
             signing_alg,
             mission_capabilities,
         )
-        old = (
-            self.delivery_method,
-            self.endpoint_url,
-            self.authorization_fingerprint,
-            self.events_requested,
-            self.events_delivered,
-            self.description,
-            self.signing_alg,
-            self.mission_capabilities,
-        )
-        if new == old:
+        if new == tuple(getattr(self, name) for name in CONFIGURATION_FIELDS):
             return False
         self._record(
             self.Configured,
