@@ -11,6 +11,7 @@ until the SETs signed with it are delivered). ``--alg`` narrows it to one.
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from .cli import PROG, Output, add_command, render_table
@@ -125,10 +126,7 @@ def add_keys_parser(
 ) -> None:
     """Register ``keys list|rotate`` on the top-level subparsers."""
 
-    def parser(
-        where: Any, name: str, summary: str, epilog: str, **kwargs: Any
-    ) -> argparse.ArgumentParser:
-        return add_command(where, name, summary, epilog, common, **kwargs)
+    parser = functools.partial(add_command, common=common)
 
     keys = parser(
         sub,

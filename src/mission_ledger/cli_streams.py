@@ -15,6 +15,7 @@ order, with their attempts reset (the same SETs: the same jtis).
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from .cli import PROG, Output, add_command, render_fields, render_table
@@ -234,10 +235,7 @@ def add_streams_parser(
 ) -> None:
     """Register ``streams list|show|pause|enable|disable`` on the top-level subparsers."""
 
-    def parser(
-        where: Any, name: str, summary: str, epilog: str, **kwargs: Any
-    ) -> argparse.ArgumentParser:
-        return add_command(where, name, summary, epilog, common, **kwargs)
+    parser = functools.partial(add_command, common=common)
 
     streams = parser(
         sub,

@@ -9,6 +9,7 @@ stdout, so ``TOKEN=$(mission-ledger tokens create …)`` captures it; only its h
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -104,10 +105,7 @@ def add_tokens_parser(
 ) -> None:
     """Register ``tokens create|list|revoke`` on the top-level subparsers."""
 
-    def parser(
-        where: Any, name: str, summary: str, epilog: str, **kwargs: Any
-    ) -> argparse.ArgumentParser:
-        return add_command(where, name, summary, epilog, common, **kwargs)
+    parser = functools.partial(add_command, common=common)
 
     tokens = parser(
         sub,
