@@ -146,9 +146,19 @@ class WorkerClaim:
 
     def release(self) -> None:
         if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()  # ends the session: the advisory lock goes with it
+            release_session_locks(self.conn)
             self.conn = None
+
+
+def release_session_locks(conn: psycopg.Connection[Any]) -> None:
+    """Release the session's advisory locks, then close it. Closing alone would release them
+    too, but only once the server has seen the session end: a successor asking right after
+    could find the lock still held."""
+    with contextlib.suppress(psycopg.Error):
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
 
 
 class _Runner:
