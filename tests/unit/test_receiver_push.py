@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from tests.unit.test_receiver_common import (
     VERIFICATION,
     Transmitter,
     bad_signature,
+    claims,
     key_store,
     make_set,
     mission_event,
@@ -32,6 +34,7 @@ from tests.unit.test_receiver_common import (
     serve,
     transmitter,
 )
+from tests.unit.test_receiver_verifier import forge
 
 RSA = key_store().active("RS256")
 
@@ -218,5 +221,74 @@ def test_only_post_is_routed() -> None:
     async def main() -> None:
         async with endpoint() as e, e.session.get(e.url) as response:
             assert response.status == 405
+
+    run(main)
+
+
+def test_the_415_body_names_the_media_type_to_send() -> None:
+    async def main() -> None:
+        async with endpoint() as e:
+            token = make_set(RSA, iss=e.transmitter.issuer)
+            status, headers, text = await e.push(token, content_type="application/jwt")
+            assert status == 415
+            assert headers["Content-Type"] == "application/json; charset=utf-8"
+            assert json.loads(text) == {"error": f"Content-Type must be {SET_CONTENT_TYPE}"}
+
+    run(main)
+
+
+def test_malformed_sets_are_400_not_500() -> None:
+    """Strict compact JWS parsing (RFC 7515 §2): every malformed SET is the SET's fault."""
+
+    async def main() -> None:
+        async with endpoint() as e:
+            iss = e.transmitter.issuer
+            token = make_set(RSA, iss=iss)
+            head, body, signature = token.split(".")
+            header = {"alg": "RS256", "kid": RSA.kid, "typ": "secevent+jwt"}
+            for bad, err in (
+                (token + "==", "invalid_request"),  # padded
+                (f"{head}.{body}./{signature[1:]}", "invalid_request"),
+                (f"{head}.{body} .{signature}", "invalid_request"),
+                (f"{token}.{signature}", "invalid_request"),
+                (
+                    forge({**header, "crit": ["exp"], "exp": 1}, claims(iss=iss), RSA),
+                    "invalid_request",
+                ),
+                (forge(header, [claims(iss=iss)], RSA), "invalid_request"),
+                (forge({**header, "kid": 7}, claims(iss=iss), RSA), "invalid_key"),
+                (forge({**header, "alg": "ES256"}, claims(iss=iss), RSA), "invalid_key"),
+            ):
+                assert_set_error(await e.push(bad), err)
+            assert e.received == []
+            assert (await e.push(f"\r\n{token}\n"))[0] == 202  # whitespace around: stripped
+
+    run(main)
+
+
+def test_a_sync_handler_and_an_awaitable_it_returns_are_both_honoured() -> None:
+    async def main() -> None:
+        async with transmitter() as t, aiohttp.ClientSession() as session:
+            verifier = SetVerifier(t.issuer, AUD, t.url + "/jwks.json", session)
+            seen: list[str] = []
+
+            def sync(verified: VerifiedSet) -> None:
+                seen.append(verified.jti)
+
+            def deferred_failure(verified: VerifiedSet) -> asyncio.Future[None]:
+                future = asyncio.get_running_loop().create_future()
+                asyncio.get_running_loop().call_soon(future.set_exception, RuntimeError("full"))
+                return future
+
+            app = web.Application()
+            app.router.add_post("/sync", push_handler(verifier, sync))
+            app.router.add_post("/deferred", push_handler(verifier, deferred_failure))
+            async with serve(app) as url:
+                for path, status in (("sync", 202), ("deferred", 500)):  # awaited, so it fails
+                    token = make_set(RSA, iss=t.issuer, jti=f"j-{path}")
+                    headers = {"Content-Type": SET_CONTENT_TYPE}
+                    async with session.post(f"{url}/{path}", data=token, headers=headers) as reply:
+                        assert reply.status == status
+            assert seen == ["j-sync"]
 
     run(main)

@@ -4,10 +4,14 @@ SETs refused with the right RFC 8935 code, unknown kids refreshing the JWKS once
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from mission_ledger.receiver import (
     InvalidSetAudience,
@@ -19,13 +23,15 @@ from mission_ledger.receiver import (
     SetVerificationError,
     SetVerifier,
 )
-from mission_ledger.ssf.keys import MemoryKeyStore
+from mission_ledger.ssf.keys import MemoryKeyStore, SigningKey
 from tests.unit.test_receiver_common import (
     AUD,
     MISSION,
     REVOKED,
     Transmitter,
     alg_none,
+    b64,
+    b64json,
     bad_signature,
     claims,
     hs256_with_public_key,
@@ -305,5 +311,107 @@ def test_an_unreachable_or_malformed_jwks_is_jwks_unavailable_not_a_refusal() ->
             other = SetVerifier(t.issuer, AUD, t.url + "/.well-known/ssf-configuration", session)
             with pytest.raises(JwksUnavailable, match="not a JWK Set"):
                 await other.verify(token)
+
+    run(main)
+
+
+# -- the compact JWS parsed strictly, keys cached per published JWK ---------------------------
+
+
+def forge(header: dict[str, Any], body: object, key: SigningKey) -> str:
+    """A compact JWS with exactly ``header`` and ``body`` (any JSON), signed by ``key`` with its
+    own algorithm whatever the header says (ES256 as the 64-byte R || S)."""
+    signing_input = f"{b64json(header)}.{b64json(body)}"
+    data = signing_input.encode("ascii")
+    if isinstance(key.private_key, rsa.RSAPrivateKey):
+        signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+        r, s = decode_dss_signature(key.private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{signing_input}.{b64(signature)}"
+
+
+def test_malformed_sets_naming_an_unknown_kid_never_trigger_a_refresh() -> None:
+    async def main() -> None:
+        foreign = key_store("foreign").active("RS256")
+        clock = Clock()
+        async with transmitter() as t, aiohttp.ClientSession() as session:
+            verifier = verifier_for(t, session, clock)
+            await verifier.jwks()
+            clock.now += 120
+            token = make_set(foreign, iss=t.issuer)
+            head, body, signature = token.split(".")
+            for bad in (
+                token + "==",  # padded (342 characters: 256 bytes)
+                f"{head}.{body}.+{signature[1:]}",
+                f"{head}.{body}\n.{signature}",
+                f"{head}.{body}",
+                f"{token}.{signature}",
+                forge(
+                    {"alg": "RS256", "kid": foreign.kid, "typ": "secevent+jwt", "crit": ["x"]},
+                    claims(iss=t.issuer),
+                    foreign,
+                ),
+            ):
+                with pytest.raises(InvalidSetRequest) as caught:
+                    await verifier.verify(bad)
+                assert caught.value.code == "invalid_request"
+            assert t.jwks_fetches == 1
+
+    run(main)
+
+
+def test_signature_and_key_type_refusals_with_a_known_kid_never_trigger_a_refresh() -> None:
+    async def main() -> None:
+        es = key_store().active("ES256")
+        clock = Clock()
+        async with transmitter() as t, aiohttp.ClientSession() as session:
+            verifier = verifier_for(t, session, clock)
+            await verifier.jwks()
+            clock.now += 120
+            head, body, _ = make_set(es, iss=t.issuer).split(".")
+            assert isinstance(es.private_key, ec.EllipticCurvePrivateKey)
+            der = b64(es.private_key.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256())))
+            with pytest.raises(InvalidSetSignature) as bad_length:
+                await verifier.verify(f"{head}.{body}.{der}")  # DER, not R || S
+            assert bad_length.value.code == "authentication_failed"
+            confused = forge(
+                {"alg": "ES256", "kid": RSA.kid, "typ": "secevent+jwt"}, claims(iss=t.issuer), RSA
+            )
+            with pytest.raises(InvalidSetKey, match="not an ES256 signing key") as mismatched:
+                await verifier.verify(confused)
+            assert mismatched.value.code == "invalid_key"
+            assert t.jwks_fetches == 1
+
+    run(main)
+
+
+def test_a_payload_that_is_not_a_json_object_is_invalid_request() -> None:
+    header = {"alg": "RS256", "kid": RSA.kid, "typ": "secevent+jwt"}
+    _refused(
+        lambda t: forge(header, [claims(iss=t.issuer)], RSA),
+        InvalidSetRequest,
+        "invalid_request",
+        "not a JSON object",
+    )
+
+
+def test_another_key_republished_under_a_cached_kid_is_not_served_from_the_cache() -> None:
+    async def main() -> None:
+        key = key_store().active("ES256")
+        async with transmitter() as t, aiohttp.ClientSession() as session:
+            verifier = verifier_for(t, session)
+            token = make_set(key, iss=t.issuer)
+            assert (await verifier.verify(token)).jti
+            # The JWKS now publishes another key under that kid (a botched rotation, or worse).
+            impostor = {**key_store("foreign").active("ES256").public_jwk(), "kid": key.kid}
+            t.store = cast("MemoryKeyStore", SimpleNamespace(jwks=lambda: {"keys": [impostor]}))
+            await verifier.refresh()
+            with pytest.raises(InvalidSetSignature):
+                await verifier.verify(token)
+            t.store = key_store()
+            await verifier.refresh()
+            assert (await verifier.verify(token)).jti
 
     run(main)

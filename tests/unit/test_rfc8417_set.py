@@ -11,9 +11,12 @@ from typing import Any, cast
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws
 from joserfc.jwk import KeySet, KeySetSerialization
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from mission_ledger.ssf.keys import MemoryKeyStore, SigningKey
 from mission_ledger.ssf.rfc8417_set import (
@@ -270,3 +273,318 @@ def test_refuses_garbage(store: MemoryKeyStore, token: str) -> None:
         verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
     assert caught.value.code == "invalid_request"
     assert caught.value.http_status == 400
+
+
+# --- strict compact JWS parsing (RFC 7515 §2, §7.1) -------------------------------------------
+
+
+def sign_input(signing_input: str, key: SigningKey) -> str:
+    """``signing_input`` "." its JWS signature by ``key`` (ES256 as the 64-byte R || S)."""
+    data = signing_input.encode("ascii")
+    if isinstance(key.private_key, rsa.RSAPrivateKey):
+        signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+        r, s = decode_dss_signature(key.private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{signing_input}.{b64(signature)}"
+
+
+def forge_raw(header: object, payload: object, key: SigningKey) -> str:
+    """A compact JWS over any JSON header and payload (not only objects), signed by ``key``."""
+    return sign_input(f"{b64json(header)}.{b64json(payload)}", key)
+
+
+def set_header(key: SigningKey, **changes: Any) -> dict[str, Any]:
+    return {"alg": key.alg, "kid": key.kid, "typ": "secevent+jwt", **changes}
+
+
+def replace_part(token: str, index: int, new: str) -> str:
+    parts = token.split(".")
+    parts[index] = new
+    return ".".join(parts)
+
+
+def decode_leniently(segment: str) -> bytes:
+    """What a lenient decoder makes of a segment (padding and junk ignored)."""
+    return base64.urlsafe_b64decode(segment.rstrip("=") + "=" * (-len(segment.rstrip("=")) % 4))
+
+
+PARTS = [0, 1, 2]
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+@pytest.mark.parametrize("index", PARTS)
+def test_refuses_padding_in_any_part(store: MemoryKeyStore, alg: str, index: int) -> None:
+    token = sign_set(claims(), store.active(alg))
+    part = token.split(".")[index]
+    for pad in ("=", "==", "=" * (-len(part) % 4) or "===="):
+        padded = replace_part(token, index, part + pad)
+        with pytest.raises(InvalidSetRequest, match="base64url") as caught:
+            verify_set(padded, store.jwks(), issuer=ISS, audience=AUD)
+        assert caught.value.code == "invalid_request"
+
+
+def test_a_padded_signature_is_refused_though_pyjwt_would_accept_it(store: MemoryKeyStore) -> None:
+    """RFC 7515 §2 leaves padding out; PyJWT tolerates it (some issuers add it), we do not."""
+    key = store.active("RS256")
+    token = sign_set(claims(), key)
+    padded = token + "=" * (-len(token.split(".")[2]) % 4)
+    assert padded != token  # 256 bytes: 342 characters, "==" to pad
+    public_key = key.private_key.public_key()
+    jwt.PyJWS().decode_complete(padded, key=public_key, algorithms=["RS256"])
+    with pytest.raises(InvalidSetRequest, match="signature is not unpadded base64url"):
+        verify_set(padded, store.jwks(), issuer=ISS, audience=AUD)
+
+
+@pytest.mark.parametrize("index", PARTS)
+@pytest.mark.parametrize("junk", ["+", "/", " ", "\n", "\t", "\r\n", "!", "é", "\x00"])
+def test_refuses_non_base64url_characters_in_any_part(
+    store: MemoryKeyStore, index: int, junk: str
+) -> None:
+    token = sign_set(claims(), store.active("ES256"))
+    part = token.split(".")[index]
+    for changed in (
+        junk + part[1:],  # replaced (the length stays a valid one)
+        part[:8] + junk + part[8:],  # inserted: a lenient decoder skips whitespace
+    ):
+        with pytest.raises(InvalidSetRequest, match="base64url"):
+            verify_set(replace_part(token, index, changed), store.jwks(), issuer=ISS, audience=AUD)
+
+
+def test_a_signature_with_whitespace_would_verify_if_it_were_skipped(store: MemoryKeyStore) -> None:
+    """So the refusals above are the parser's doing, not the signature's."""
+    token = sign_set(claims(), store.active("RS256"))
+    head, body, signature = token.split(".")
+    spaced = signature[:8] + "\n" + signature[8:]
+    assert base64.urlsafe_b64decode(spaced + "=" * (-len(signature) % 4)) == decode_leniently(
+        signature
+    )
+    with pytest.raises(InvalidSetRequest, match="signature is not unpadded base64url"):
+        verify_set(f"{head}.{body}.{spaced}", store.jwks(), issuer=ISS, audience=AUD)
+
+
+@pytest.mark.parametrize("index", PARTS)
+def test_refuses_a_part_whose_length_is_1_mod_4(store: MemoryKeyStore, index: int) -> None:
+    token = sign_set(claims(), store.active("RS256"))
+    part = token.split(".")[index]
+    longer = part + "A" * ((1 - len(part)) % 4)
+    assert len(longer) % 4 == 1
+    with pytest.raises(InvalidSetRequest, match="base64url"):
+        verify_set(replace_part(token, index, longer), store.jwks(), issuer=ISS, audience=AUD)
+
+
+def test_refuses_non_canonical_trailing_bits(store: MemoryKeyStore) -> None:
+    """RFC 4648 §3.5: the ES256 signature (64 bytes: 86 characters) decodes the same with the
+    unused low bits of its last character set, but that is a second encoding of it."""
+    token = sign_set(claims(), store.active("ES256"))
+    signature = token.split(".")[2]
+    assert len(signature) % 4 == 2
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other = signature[:-1] + alphabet[alphabet.index(signature[-1]) + 1]
+    assert decode_leniently(other) == decode_leniently(signature)
+    with pytest.raises(InvalidSetRequest, match="signature is not unpadded base64url"):
+        verify_set(replace_part(token, 2, other), store.jwks(), issuer=ISS, audience=AUD)
+
+
+@pytest.mark.parametrize("shape", ["two", "four", "five", "one", "empty-parts"])
+def test_refuses_anything_but_three_parts(store: MemoryKeyStore, shape: str) -> None:
+    token = sign_set(claims(), store.active("RS256"))
+    head, body, signature = token.split(".")
+    bad = {
+        "two": f"{head}.{body}",
+        "four": f"{token}.{signature}",
+        "five": f"{token}..",
+        "one": head,
+        "empty-parts": "..",
+    }[shape]
+    with pytest.raises(InvalidSetRequest) as caught:
+        verify_set(bad, store.jwks(), issuer=ISS, audience=AUD)
+    assert caught.value.code == "invalid_request"
+    if shape != "empty-parts":
+        assert "three dot-separated parts" in caught.value.description
+
+
+def test_refuses_a_token_that_is_not_a_string(store: MemoryKeyStore) -> None:
+    token = sign_set(claims(), store.active("RS256"))
+    with pytest.raises(InvalidSetRequest, match="compact JWS"):
+        verify_set(token.encode(), store.jwks(), issuer=ISS, audience=AUD)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("header", [["RS256"], "RS256", 1, None])
+def test_refuses_a_header_that_is_not_a_json_object(store: MemoryKeyStore, header: object) -> None:
+    with pytest.raises(InvalidSetRequest, match="JOSE header"):
+        verify_set(
+            forge_raw(header, claims(), store.active("RS256")),
+            store.jwks(),
+            issuer=ISS,
+            audience=AUD,
+        )
+
+
+def test_refuses_a_header_that_is_not_json(store: MemoryKeyStore) -> None:
+    key = store.active("RS256")
+    token = sign_input(f"{b64(b'{not json')}.{b64json(claims())}", key)
+    with pytest.raises(InvalidSetRequest, match="JOSE header cannot be parsed"):
+        verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+@pytest.mark.parametrize("payload", [[claims()], "a string", 42, None])
+def test_refuses_a_signed_payload_that_is_not_a_json_object(
+    store: MemoryKeyStore, alg: str, payload: object
+) -> None:
+    key = store.active(alg)
+    with pytest.raises(InvalidSetRequest, match="not a JSON object"):
+        verify_set(forge_raw(set_header(key), payload, key), store.jwks(), issuer=ISS, audience=AUD)
+
+
+def test_refuses_a_signed_payload_that_is_not_json(store: MemoryKeyStore) -> None:
+    key = store.active("RS256")
+    for raw in (b"{not json", b"", b"\xff\xfe", b"[" * 100_000):
+        token = sign_input(f"{b64json(set_header(key))}.{b64(raw)}", key)
+        with pytest.raises(InvalidSetRequest, match="payload is not JSON"):
+            verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
+
+
+def test_refuses_crit_and_an_unencoded_payload(store: MemoryKeyStore) -> None:
+    key = store.active("RS256")
+    token = forge_raw(set_header(key, crit=["exp"], exp=1), claims(), key)
+    with pytest.raises(InvalidSetRequest, match="crit") as caught:
+        verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
+    assert caught.value.details == {"field": "crit"}
+    token = forge_raw(set_header(key, b64=False), claims(), key)
+    with pytest.raises(InvalidSetRequest, match="unencoded payload"):
+        verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
+
+
+@pytest.mark.parametrize("kid", [None, "", 7, ["x"], {"kid": "x"}])
+def test_refuses_a_missing_or_non_string_kid(store: MemoryKeyStore, kid: object) -> None:
+    key = store.active("ES256")
+    header = {k: v for k, v in set_header(key, kid=kid).items() if v is not None}
+    with pytest.raises(InvalidSetKey, match="names no kid") as caught:
+        verify_set(forge_raw(header, claims(), key), store.jwks(), issuer=ISS, audience=AUD)
+    assert caught.value.details == {"field": "kid"}
+
+
+# --- the signature, checked with cryptography directly ---------------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 32, 63, 65, 66, 72, 96, 256])
+def test_refuses_an_es256_signature_of_the_wrong_length(store: MemoryKeyStore, length: int) -> None:
+    key = store.active("ES256")
+    head, body, signature = sign_set(claims(), key).split(".")
+    raw = decode_leniently(signature)
+    wrong = (raw * 5)[:length]
+    with pytest.raises(InvalidSetSignature) as caught:
+        verify_set(f"{head}.{body}.{b64(wrong)}", store.jwks(), issuer=ISS, audience=AUD)
+    assert caught.value.code == "authentication_failed"
+    assert caught.value.details == {"kid": key.kid}
+
+
+def test_refuses_a_der_encoded_es256_signature(store: MemoryKeyStore) -> None:
+    """RFC 7518 §3.4: R || S, not the DER that ``cryptography`` itself produces."""
+    key = store.active("ES256")
+    assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+    head, body, _ = sign_set(claims(), key).split(".")
+    der = key.private_key.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSetSignature):
+        verify_set(f"{head}.{body}.{b64(der)}", store.jwks(), issuer=ISS, audience=AUD)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_refuses_a_zeroed_or_empty_signature(store: MemoryKeyStore, alg: str) -> None:
+    key = store.active(alg)
+    head, body, signature = sign_set(claims(), key).split(".")
+    zeroed = b64(bytes(len(decode_leniently(signature))))
+    for bad in (zeroed, ""):
+        with pytest.raises(InvalidSetSignature):
+            verify_set(f"{head}.{body}.{bad}", store.jwks(), issuer=ISS, audience=AUD)
+
+
+def test_refuses_an_rs256_signature_under_a_header_claiming_es256(store: MemoryKeyStore) -> None:
+    """Key confusion: the header says ES256 but names the RSA key (and was signed by it)."""
+    rsa_key = store.active("RS256")
+    token = forge_raw(set_header(rsa_key, alg="ES256"), claims(), rsa_key)
+    with pytest.raises(InvalidSetKey, match="not an ES256 signing key") as caught:
+        verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
+    assert caught.value.code == "invalid_key"
+    # The same with the JWK's own "alg" and "use" left out: its kty still decides.
+    bare = {
+        "keys": [
+            {k: v for k, v in jwk.items() if k not in ("alg", "use")}
+            for jwk in store.jwks()["keys"]
+        ]
+    }
+    with pytest.raises(InvalidSetKey, match="not an ES256 signing key"):
+        verify_set(token, bare, issuer=ISS, audience=AUD)
+    # And the other way round: an ES256 signature under a header claiming RS256.
+    ec_key = store.active("ES256")
+    token = forge_raw(set_header(ec_key, alg="RS256"), claims(), ec_key)
+    with pytest.raises(InvalidSetKey, match="not an RS256 signing key"):
+        verify_set(token, store.jwks(), issuer=ISS, audience=AUD)
+
+
+def test_refuses_a_jwk_whose_kty_lies_about_its_members(store: MemoryKeyStore) -> None:
+    key = store.active("RS256")
+    token = sign_set(claims(), key)
+    (jwk,) = (k for k in store.jwks()["keys"] if k["kid"] == key.kid)
+    for bad in (
+        {**jwk, "kty": "EC"},
+        {**jwk, "alg": "ES256"},
+        {**jwk, "use": "enc"},
+        {**jwk, "n": "not base64url!"},
+        {k: v for k, v in jwk.items() if k != "n"},
+        {**jwk, "d": "AQAB"},
+    ):
+        with pytest.raises(InvalidSetKey):
+            verify_set(token, {"keys": [bad]}, issuer=ISS, audience=AUD)
+
+
+def test_refuses_a_small_rsa_key_and_a_non_p256_curve() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 (on purpose)
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    for alg, jwk in (
+        ("RS256", RSAAlgorithm.to_jwk(small.public_key(), as_dict=True)),
+        ("ES256", ECAlgorithm.to_jwk(p384.public_key(), as_dict=True)),
+    ):
+        jwk.update(kid="k", alg=alg)
+        header = {"alg": alg, "kid": "k", "typ": "secevent+jwt"}
+        token = f"{b64json(header)}.{b64json(claims())}.{b64(bytes(64))}"
+        with pytest.raises(InvalidSetKey, match=r"fewer than 2048 bits|not an ES256 public key"):
+            verify_set(token, {"keys": [jwk]}, issuer=ISS, audience=AUD)
+
+
+# --- the key cache ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_a_new_jwk_under_a_cached_kid_is_parsed_afresh(store: MemoryKeyStore, alg: str) -> None:
+    key = store.active(alg)
+    token = sign_set(claims(), key)
+    (mine,) = (k for k in store.jwks()["keys"] if k["kid"] == key.kid)
+    theirs = MemoryKeyStore(rsa_bits=2048).active(alg).public_jwk()
+    impostor = {**theirs, "kid": key.kid}  # another key published under the same kid
+    assert verify_set(token, {"keys": [mine]}, issuer=ISS, audience=AUD)["txn"] == "evt-1"
+    with pytest.raises(InvalidSetSignature):
+        verify_set(token, {"keys": [impostor]}, issuer=ISS, audience=AUD)
+    assert verify_set(token, {"keys": [mine]}, issuer=ISS, audience=AUD)["txn"] == "evt-1"
+    # A JWKS changed in place is seen too (the cache keeps its own copy of the JWK).
+    jwks = {"keys": [dict(mine)]}
+    assert verify_set(token, jwks, issuer=ISS, audience=AUD)
+    jwks["keys"][0].update({k: v for k, v in impostor.items() if k != "kid"})
+    with pytest.raises(InvalidSetSignature):
+        verify_set(token, jwks, issuer=ISS, audience=AUD)
+    # A cached key that became unacceptable is refused, not served from the cache.
+    with pytest.raises(InvalidSetKey):
+        verify_set(token, {"keys": [{**mine, "use": "enc"}]}, issuer=ISS, audience=AUD)
+
+
+def test_many_kids_keep_verifying_past_the_cache_size(store: MemoryKeyStore) -> None:
+    key = store.active("ES256")
+    (jwk,) = (k for k in store.jwks()["keys"] if k["kid"] == key.kid)
+    for n in range(300):
+        kid = f"{key.kid}-{n}"
+        signed = SigningKey(kid=kid, alg="ES256", private_key=key.private_key)
+        token = sign_set(claims(), signed)
+        assert verify_set(token, {"keys": [{**jwk, "kid": kid}]}, issuer=ISS, audience=AUD)

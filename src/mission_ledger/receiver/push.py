@@ -41,6 +41,7 @@ log = logging.getLogger("mission_ledger.receiver")
 SET_CONTENT_TYPE = "application/secevent+jwt"
 MAX_SET_BYTES = 64 * 1024
 JWKS_RETRY_AFTER = "30"
+_UNSUPPORTED_MEDIA_TYPE = json.dumps({"error": f"Content-Type must be {SET_CONTENT_TYPE}"})
 
 #: ``on_event(verified_set)``, sync or async. Raising a SetVerificationError refuses the SET.
 EventHandler = Callable[[VerifiedSet], Awaitable[object] | object]
@@ -48,7 +49,7 @@ EventHandler = Callable[[VerifiedSet], Awaitable[object] | object]
 
 async def call_handler(on_event: EventHandler, verified: VerifiedSet) -> None:
     result = on_event(verified)
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):
         await result
 
 
@@ -82,9 +83,10 @@ def push_handler(
             if not hmac.compare_digest(given, expected):
                 return web.Response(status=401)
         if request.content_type != SET_CONTENT_TYPE:
-            return web.json_response(
-                {"error": f"Content-Type must be {SET_CONTENT_TYPE}"},
+            return web.Response(
                 status=415,
+                text=_UNSUPPORTED_MEDIA_TYPE,
+                content_type="application/json",
                 headers={"Accept": SET_CONTENT_TYPE},
             )
         raw = await read_limited(request.content, MAX_SET_BYTES)

@@ -7,9 +7,12 @@ id, shared by every SET one event causes; SSF §4.1.9), top-level ``sub_id`` (SS
 ``events`` with exactly one member (SSF §4.2.1; CAEP Interoperability Profile §2.8.1). ``sub``
 (SSF §4.1.3) and ``exp`` (SSF §4.1.7) never appear.
 
-:func:`verify_set` is our own verifier, for the receiver SDK. It pins algorithms (never ``none``,
-never HMAC), checks ``typ`` explicitly, selects the key by ``kid``, verifies the signature, and
-only then checks claims. Its errors carry RFC 8935 §2.4 ``err`` values as ``code``::
+:func:`verify_set` is our own verifier, for the receiver SDK. It parses the compact JWS itself,
+once and strictly (three parts, each unpadded base64url, RFC 7515 §2), pins algorithms (never
+``none``, never HMAC), checks ``typ`` explicitly, refuses ``crit``, selects the key by ``kid``
+(parsed public keys are cached per published JWK), verifies the signature with ``cryptography``
+over the signing input, and only then checks claims. Its errors carry RFC 8935 §2.4 ``err``
+values as ``code``::
 
     MissionLedgerError
     └── SetVerificationError        400  a SET was refused
@@ -22,16 +25,22 @@ only then checks claims. Its errors carry RFC 8935 §2.4 ``err`` values as ``cod
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
+import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from ..errors import (
     InvalidSetAudience,
@@ -53,7 +62,13 @@ __all__ = [
     "SetVerificationError",
     "build_set_claims",
     "check_set_claims",
+    "payload_signing_input",
+    "resign_header",
+    "set_payload",
+    "set_signing_input",
     "sign_set",
+    "sign_signing_input",
+    "signing_input_header",
     "verify_set",
 ]
 
@@ -137,24 +152,116 @@ def sign_set(claims: Mapping[str, Any], key: SigningKey) -> str:
     CPU-bound (RSA): async callers run it off the event loop. Raises ``ValueError`` for claims
     that break the profile.
     """
+    return sign_signing_input(set_signing_input(claims, key), key)
+
+
+def set_signing_input(claims: Mapping[str, Any], key: SigningKey) -> str:
+    """The JWS Signing Input of ``claims`` (RFC 7515 §5.1): ``BASE64URL(header) "."
+    BASE64URL(payload)``, header ``{"alg", "kid", "typ": "secevent+jwt"}`` for ``key``.
+
+    Cheap (no private-key operation): the outbox stores it and signs it later
+    (:func:`sign_signing_input`). Raises ``ValueError`` for claims that break the profile."""
+    return payload_signing_input(set_payload(claims), key)
+
+
+def set_payload(claims: Mapping[str, Any]) -> str:
+    """The JWS Payload of a SET, ``BASE64URL(claims)``; ``ValueError`` for claims that break
+    the profile."""
     check_set_claims(claims)
+    return _b64_json(claims)
+
+
+def payload_signing_input(payload: str, key: SigningKey) -> str:
+    """The JWS Signing Input of a payload from :func:`set_payload`, header naming ``key``."""
     if key.alg not in SUPPORTED_ALGORITHMS:
         raise ValueError(f"unsupported SET signing algorithm {key.alg!r}")
-    return jwt.encode(
-        dict(claims),
-        key.private_key,
-        algorithm=key.alg,
-        headers={"kid": key.kid, "typ": SET_TYP},
-    )
+    return f"{_b64_json({'alg': key.alg, 'kid': key.kid, 'typ': SET_TYP})}.{payload}"
+
+
+def sign_signing_input(signing_input: str, key: SigningKey) -> str:
+    """The compact JWS: ``signing_input`` (from :func:`set_signing_input`, header naming
+    ``key``) "." the signature (RS256: RSASSA-PKCS1-v1_5 with SHA-256; ES256: ECDSA P-256 with
+    SHA-256 as the 64-byte ``R || S``, RFC 7518 §3.3-3.4). CPU-bound; raises ``ValueError``
+    when the input's header does not name ``key``."""
+    header_b64, _, payload_b64 = signing_input.partition(".")
+    if not payload_b64 or "." in payload_b64:
+        raise ValueError("a JWS Signing Input is two base64url parts joined by one '.'")
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    if header.get("alg") != key.alg or header.get("kid") != key.kid:
+        raise ValueError(
+            f"the signing input's header names {header.get('alg')} key {header.get('kid')!r}, "
+            f"not {key.alg} key {key.kid!r}"
+        )
+    signature = _ALGORITHMS[key.alg].sign(signing_input.encode("ascii"), key.private_key)
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def resign_header(signing_input: str, key: SigningKey) -> str:
+    """``signing_input`` with its header replaced by one naming ``key`` (same payload): for a
+    SET queued unsigned whose key was rotated out before it was signed."""
+    return payload_signing_input(signing_input.partition(".")[2], key)
+
+
+def signing_input_header(signing_input: str) -> dict[str, Any]:
+    """The decoded JOSE header of a JWS Signing Input (or of a compact JWS)."""
+    header_b64 = signing_input.partition(".")[0]
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    if not isinstance(header, dict):
+        raise ValueError("a JOSE header is a JSON object")
+    return header
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64_json(value: Mapping[str, Any]) -> str:
+    return _b64(json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+
+
+_ALGORITHMS = {alg: get_default_algorithms()[alg] for alg in SUPPORTED_ALGORITHMS}
 
 
 # --- Verifying --------------------------------------------------------------------------------
 
+_PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
-@lru_cache(maxsize=128)
-def _parse_public_jwk(jwk_json: str, alg: str) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
-    """Parse a public JWK once; cached by its canonical JSON (which includes its ``kid``)."""
-    jwk = json.loads(jwk_json)
+# RFC 7515 §2 / RFC 4648 §5: unpadded, URL-safe alphabet only. A length ≡ 1 (mod 4) encodes no
+# whole byte; for ≡ 2 or 3 the bits the last character carries past the data must be zero
+# (RFC 4648 §3.5: exactly one encoding per byte string), so it is one of these characters.
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_CANONICAL_LAST = ("", "", "AQgw", "AEIMQUYcgkosw048")
+_PADDING = ("", "", "==", "=")
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+_ECDSA_SHA256 = ec.ECDSA(_SHA256)
+_ES256_SIGNATURE_BYTES = 64  # R || S, 32 bytes each (RFC 7518 §3.4)
+
+# Parsed public keys by (kid, alg), each with a copy of the JWK it was parsed from: a JWKS that
+# publishes another JWK under that kid is parsed afresh. Only published keys get here, so the
+# size bound is a backstop, not a defence against callers.
+_KEY_CACHE_SIZE = 128
+_key_cache: dict[tuple[str, str], tuple[dict[str, Any], _PublicKey]] = {}
+_key_cache_lock = threading.Lock()
+
+
+def _b64url_decode(segment: str, part: str) -> bytes:
+    """Decode one part of a compact JWS, strictly (see ``_BASE64URL``)."""
+    rest = len(segment) % 4
+    if (
+        rest == 1
+        or _BASE64URL.fullmatch(segment) is None
+        or (rest and segment[-1] not in _CANONICAL_LAST[rest])
+    ):
+        raise InvalidSetRequest(
+            f"the SET's {part} is not unpadded base64url (RFC 7515 §2): not a compact JWS"
+        )
+    return base64.urlsafe_b64decode(segment + _PADDING[rest])
+
+
+def _parse_public_jwk(jwk: dict[str, Any], alg: str) -> _PublicKey:
+    """The public key of ``jwk`` if it is an acceptable ``alg`` signing key (no private
+    members, matching ``kty``/``alg``/``use``, RSA ≥ ``MIN_RSA_BITS``, EC on P-256)."""
     if "d" in jwk:
         raise InvalidSetKey("the JWKS publishes a private key; refusing it", kid=jwk.get("kid"))
     if jwk.get("kty") != _KTY[alg] or jwk.get("alg", alg) != alg or jwk.get("use", "sig") != "sig":
@@ -163,11 +270,15 @@ def _parse_public_jwk(jwk_json: str, alg: str) -> rsa.RSAPublicKey | ec.Elliptic
         key = RSAAlgorithm.from_jwk(jwk) if alg == "RS256" else ECAlgorithm.from_jwk(jwk)
     except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
         raise InvalidSetKey(f"key {jwk.get('kid')!r} is not a valid {alg} JWK") from None
-    if isinstance(key, rsa.RSAPublicKey):
+    if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise InvalidSetKey(f"key {jwk.get('kid')!r} has fewer than {MIN_RSA_BITS} bits")
         return key
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+    if (
+        alg == "ES256"
+        and isinstance(key, ec.EllipticCurvePublicKey)
+        and isinstance(key.curve, ec.SECP256R1)
+    ):
         return key
     raise InvalidSetKey(f"key {jwk.get('kid')!r} is not an {alg} public key")
 
@@ -181,6 +292,41 @@ def _find_key(jwks: Mapping[str, Any], kid: str) -> dict[str, Any]:
     raise InvalidSetKey(f"no published key has kid {kid!r}", kid=kid)
 
 
+def _public_key(jwks: Mapping[str, Any], kid: str, alg: str) -> _PublicKey:
+    """The ``alg`` public key published as ``kid``, parsed once per distinct JWK."""
+    jwk = _find_key(jwks, kid)
+    cached = _key_cache.get((kid, alg))
+    if cached is not None and cached[0] == jwk:
+        return cached[1]
+    key = _parse_public_jwk(jwk, alg)
+    with _key_cache_lock:
+        _key_cache.pop((kid, alg), None)
+        while len(_key_cache) >= _KEY_CACHE_SIZE:
+            del _key_cache[next(iter(_key_cache))]
+        _key_cache[kid, alg] = (copy.deepcopy(jwk), key)
+    return key
+
+
+def _verify_signature(
+    key: _PublicKey, alg: str, signature: bytes, signing_input: bytes, kid: str
+) -> None:
+    """Raise :class:`InvalidSetSignature` unless ``signature`` is ``alg``'s over the input."""
+    try:
+        if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, signing_input, _PKCS1V15, _SHA256)
+            return
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+            if len(signature) != _ES256_SIGNATURE_BYTES:
+                raise InvalidSignature
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
+            return
+    except InvalidSignature:
+        raise InvalidSetSignature("the SET's signature does not verify", kid=kid) from None
+    raise InvalidSetKey(f"key {kid!r} is not an {alg} public key", kid=kid)  # never: parsed per alg
+
+
 def verify_set(
     token: str,
     jwks: Mapping[str, Any],
@@ -191,21 +337,29 @@ def verify_set(
 ) -> dict[str, Any]:
     """The claims of ``token`` once header, key, signature and then claims all check out.
 
-    ``algorithms`` narrows the pinned set (RS256, ES256); anything else is a ``ValueError``.
-    Raises a :class:`SetVerificationError` subclass naming what failed.
+    ``token`` must be a compact JWS: three parts, each unpadded base64url (RFC 7515 §2), the
+    header a JSON object. ``algorithms`` narrows the pinned set (RS256, ES256); anything else
+    is a ``ValueError``. Raises a :class:`SetVerificationError` subclass naming what failed.
     """
     pinned = tuple(algorithms)
     unsupported = [a for a in pinned if a not in SUPPORTED_ALGORITHMS]
     if unsupported or not pinned:
         raise ValueError(f"SET algorithms are pinned to {SUPPORTED_ALGORITHMS}, got {pinned}")
 
-    # 1. Header: parse, pin alg, explicit typ (pyjwt checks neither), kid.
-    if not isinstance(token, str) or token.count(".") != 2:
+    # 1. Compact JWS, parsed once; then the header: pin alg, explicit typ, no crit, kid.
+    parts = token.split(".", 3) if isinstance(token, str) else ()
+    if len(parts) != 3:
         raise InvalidSetRequest("a SET must be a compact JWS (three dot-separated parts)")
+    header_b64, payload_b64, signature_b64 = parts
+    header_json = _b64url_decode(header_b64, "JOSE header")
+    payload_json = _b64url_decode(payload_b64, "payload")
+    signature = _b64url_decode(signature_b64, "signature")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
+        header = json.loads(header_json)
+    except (ValueError, RecursionError):
         raise InvalidSetRequest("the SET's JOSE header cannot be parsed") from None
+    if not isinstance(header, dict):
+        raise InvalidSetRequest("the SET's JOSE header cannot be parsed (not a JSON object)")
     alg = header.get("alg")
     if alg not in pinned:
         raise InvalidSetRequest(
@@ -218,24 +372,21 @@ def verify_set(
         )
     if "crit" in header:
         raise InvalidSetRequest("SET headers with 'crit' are not supported", field="crit")
+    if header.get("b64", True) is False:
+        raise InvalidSetRequest("SETs with an unencoded payload are not supported", field="b64")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidSetKey("the SET header names no kid", field="kid")
 
-    # 2. Key by kid, then the signature alone (no claim checks inside the JOSE library).
-    jwk = _find_key(jwks, kid)
-    public_key = _parse_public_jwk(json.dumps(jwk, sort_keys=True), alg)
-    try:
-        signed = jwt.PyJWS().decode_complete(token, key=public_key, algorithms=[alg])
-    except jwt.InvalidSignatureError:
-        raise InvalidSetSignature("the SET's signature does not verify", kid=kid) from None
-    except jwt.PyJWTError:
-        raise InvalidSetRequest("the SET is not a well-formed compact JWS") from None
+    # 2. Key by kid, then the signature over the ASCII signing input (RFC 7515 §5.2).
+    public_key = _public_key(jwks, kid, alg)
+    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+    _verify_signature(public_key, alg, signature, signing_input, kid)
 
     # 3. Claims, apart from the signature.
     try:
-        claims = json.loads(signed["payload"])
-    except ValueError:
+        claims = json.loads(payload_json)
+    except (ValueError, RecursionError):
         raise InvalidSetRequest("the SET payload is not JSON") from None
     if not isinstance(claims, dict):
         raise InvalidSetRequest("the SET payload is not a JSON object")
