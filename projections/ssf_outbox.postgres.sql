@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS ssf_queue (
     txn             text COLLATE "C" NOT NULL, -- the ledger event id (shared by its SETs)
     event_type      text NOT NULL,
     kid             text NOT NULL,         -- the signing key (kept published while queued)
-    set_jwt         text NOT NULL,         -- the compact JWS, re-sent byte-identical
+    set_jwt         text NOT NULL,         -- the compact JWS, re-sent byte-identical (see signed)
+    signed          boolean NOT NULL DEFAULT TRUE, -- FALSE: set_jwt is still the JWS Signing Input
     position        bigint NOT NULL,       -- ledger notification id of the causing event
     mission_id      text COLLATE "C",
     mission_version integer,

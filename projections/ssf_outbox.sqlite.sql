@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS ssf_queue (
     txn             TEXT NOT NULL,         -- the ledger event id (shared by its SETs)
     event_type      TEXT NOT NULL,
     kid             TEXT NOT NULL,         -- the signing key (kept published while queued)
-    set_jwt         TEXT NOT NULL,         -- the compact JWS, re-sent byte-identical
+    set_jwt         TEXT NOT NULL,         -- the compact JWS, re-sent byte-identical (see signed)
+    signed          INTEGER NOT NULL DEFAULT 1, -- 0: set_jwt is still the JWS Signing Input
     position        INTEGER NOT NULL,      -- ledger notification id of the causing event
     mission_id      TEXT,
     mission_version INTEGER,

@@ -1,6 +1,7 @@
 """Run an SSF outbox worker until SIGTERM (or SIGKILL): the crash-safety test's child process.
 
     python tests/integration/outbox_child.py (--data DIR | --database-url URL) --keys DIR
+        [--page-size N] [--sign-chunk N]
 
 It imports only ``mission_ledger`` (never ``tests``), so it runs from any working directory. A
 worker that finds the outbox claimed retries for up to a minute: on PostgreSQL the session of a
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url")
     parser.add_argument("--keys", required=True)
     parser.add_argument("--page-size", type=int, default=7)
+    parser.add_argument("--sign-chunk", type=int, default=3)  # kills land between chunks too
     args = parser.parse_args(argv)
     settings = Settings(data_dir=Path(args.data), database_url=args.database_url)
     ledger = open_ledger(settings)
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + 60
     try:
         while not stop.is_set():
-            worker = OutboxWorker(ledger, settings, keys, page_size=args.page_size)
+            worker = OutboxWorker(
+                ledger, settings, keys, page_size=args.page_size, sign_chunk=args.sign_chunk
+            )
             try:
                 worker.run_forever(stop)
             except AnotherWorkerActive:

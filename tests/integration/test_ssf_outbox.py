@@ -10,6 +10,7 @@ documents from ``ledger.mission_as_of`` and the published mapping functions.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -981,6 +982,138 @@ def test_a_worker_process_killed_repeatedly_queues_every_set_exactly_once(env: E
     for stream_id in streams:
         positions = [r["position"] for r in queued(store, stream_id)]
         assert positions == sorted(positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing in chunks: a page commits unsigned rows, the worker signs them right after
+# ---------------------------------------------------------------------------------------------
+
+
+def _revocation_for_many_streams(
+    env: Env, streams: int, *, alg: str = "RS256", push: bool = False
+) -> list[str]:
+    """``streams`` streams of one all-Missions receiver, then a Mission opened (and so
+    approved) and revoked: one page of the outbox with a SET per stream and event."""
+    siem = env.receiver("siem", all_missions=True)
+    ids = [env.stream(siem, events=[MISSION_REVOKED], alg=alg, push=push) for _ in range(streams)]
+    mission = open_mission(env.ledger)
+    env.ledger.revoke(mission, actor=OPERATOR, reason="done")
+    return ids
+
+
+def _claims_of(token_or_input: str) -> dict[str, Any]:
+    payload = token_or_input.split(".")[1]
+    return cast(dict[str, Any], json.loads(base64.urlsafe_b64decode(payload + "==")))
+
+
+def test_a_big_page_commits_unsigned_rows_and_signs_them_in_queue_order(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streams = _revocation_for_many_streams(env, 7)
+    store = env.store()
+    seen: list[list[tuple[int, bool]]] = []
+    offered_while_signing: list[int] = []
+    real = OutboxStore.store_signatures
+    heard: list[set[str]] = []
+
+    def spy(self: OutboxStore, signatures: Any) -> None:
+        rows = queued(store)
+        seen.append([(r["seq"], bool(r["signed"])) for r in rows])
+        for row in rows:  # an unsigned row is never offered: a poll returns signed ones only
+            sets, _ = poll(store, row["stream_id"], env, reoffer_after=0.0)
+            offered_while_signing.append(len(sets))
+            assert all(token.count(".") == 2 for token in sets.values())
+            assert bool(sets) == bool(row["signed"])
+        real(self, signatures)
+
+    monkeypatch.setattr(OutboxStore, "store_signatures", spy)
+    worker = env.worker(sign_chunk=2)
+    worker.add_listener(heard.append)
+    assert worker.run_once() == 7
+    # The page committed 2 signed rows and 5 unsigned ones; then chunks of 2, 2 and 1.
+    assert [[signed for _, signed in snapshot] for snapshot in seen] == [
+        [True, True, False, False, False, False, False],
+        [True, True, True, True, False, False, False],
+        [True] * 6 + [False],
+    ]
+    assert [len(h) for h in heard] == [2, 2, 2, 1]
+    assert set().union(*heard) == set(streams)
+    rows = queued(store)
+    assert all(r["signed"] for r in rows)
+    assert worker.retire_keys() == []
+    for row in rows:
+        header, claims = decode(env, row["set_jwt"])
+        assert header == {"alg": "RS256", "kid": row["kid"], "typ": "secevent+jwt"}
+        assert claims["jti"] == row["jti"]
+        assert claims["aud"] == "https://siem.example.com"
+        assert list(claims["events"]) == [MISSION_REVOKED]
+
+
+def test_a_crash_before_the_signatures_are_stored_keeps_the_jtis_and_signs_on_restart(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streams = _revocation_for_many_streams(env, 5, alg="ES256", push=True)
+    store = env.store()
+
+    def crash(self: OutboxStore, signatures: Any) -> None:
+        raise RuntimeError("killed between the page and its signatures")
+
+    monkeypatch.setattr(OutboxStore, "store_signatures", crash)
+    crashing = env.worker(sign_chunk=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        crashing.run_once()
+    env.close(crashing)
+    monkeypatch.undo()
+    before = queued(store)
+    assert [bool(r["signed"]) for r in before] == [True, True, False, False, False]
+    assert store.position() == env.ledger.recorder.max_notification_id()
+    unsigned = {r["jti"]: r["set_jwt"] for r in before if not r["signed"]}
+    assert {u.jti for u in store.unsigned()} == set(unsigned)
+    # Readers stop at a stream's first unsigned row: polls and push batches offer nothing.
+    batches = store.push.batches(streams, 10)
+    heads = {h.stream_id: h.seq for h in store.push.heads()}
+    for row in before:
+        _, more = poll(store, row["stream_id"], env, max_events=0)
+        assert more == bool(row["signed"])
+        batch = batches[row["stream_id"]]
+        assert batch is not None
+        assert [i.jti for i in batch.items] == ([row["jti"]] if row["signed"] else [])
+        assert heads[row["stream_id"]] == (row["seq"] if row["signed"] else None)
+    # A rotation meanwhile: the rest is signed with the active key, its claims unchanged.
+    old = env.keys.active("ES256").kid
+    new = env.keys.rotate("ES256").kid
+    assert env.worker().run_once() == 0
+    after = {r["jti"]: r for r in queued(store)}
+    assert set(after) == {r["jti"] for r in before}  # the same jtis, nothing added
+    for jti, row in after.items():
+        header, claims = decode(env, row["set_jwt"])
+        assert row["signed"]
+        assert header["kid"] == row["kid"]
+        if jti in unsigned:
+            assert row["kid"] == new
+            assert claims == _claims_of(unsigned[jti])
+        else:
+            assert row["kid"] == old
+    assert sorted(r["stream_id"] for r in after.values()) == sorted(streams)
+
+
+def test_an_outbox_from_before_the_signed_column_is_upgraded(env: Env) -> None:
+    siem = env.receiver("siem", all_missions=True)
+    stream_id = env.stream(siem, events=MISSION_TYPES)
+    open_mission(env.ledger)
+    worker = env.worker()
+    worker.run_once()
+    store = worker.store
+    with store._b.writing() as tx:
+        tx.execute(store._b.sql("ALTER TABLE {queue} DROP COLUMN signed"))
+    assert "signed" not in store._b.existing_columns("ssf_queue")
+    env.close(worker)
+    upgraded = env.store()  # opening adds the column; the rows there are signed SETs
+    assert "signed" in upgraded._b.existing_columns("ssf_queue")
+    sets, more = poll(upgraded, stream_id, env)
+    assert len(sets) == 1
+    assert not more
+    assert decode(env, next(iter(sets.values())))[1]["events"]
 
 
 # ---------------------------------------------------------------------------------------------

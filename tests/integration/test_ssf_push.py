@@ -36,6 +36,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from mission_ledger.bootstrap import open_ledger
 from mission_ledger.cli import main as cli_main
 from mission_ledger.config import Settings
+from mission_ledger.domain.errors import InvalidInput
 from mission_ledger.domain.stream import PUSH, Stream
 from mission_ledger.errors import Unavailable
 from mission_ledger.ledger import MissionLedger
@@ -676,6 +677,35 @@ def test_paused_streams_hold_except_control_sets_and_deliver_in_order_when_enabl
         check_delivered(hits[2:], held)  # then in queue order
 
     run(scenario)
+
+
+def test_batches_read_many_streams_at_once_each_from_its_head(env: Env) -> None:
+    store = env.store()
+    url = "https://hooks.example.com/ssf"
+    busy, paused, deleted, idle = (env.stream(f"{url}/{n}") for n in range(4))
+    env.verify(busy, 5)
+    env.verify(paused, 2)
+    env.verify(deleted, 1)
+    env.status(paused, "paused", by="transmitter")  # queues a stream-updated control SET
+    env.outbox()
+    env.on_stream(deleted, "delete", actor=ACTOR)
+    env.outbox()
+    batches = store.push.batches([busy, paused, deleted, idle, "no-such-stream", busy], 3)
+    assert list(batches) == [busy, paused, deleted, idle, "no-such-stream"]
+    assert batches[deleted] is None
+    assert batches["no-such-stream"] is None
+    busy_batch, paused_batch, idle_batch = batches[busy], batches[paused], batches[idle]
+    assert busy_batch is not None
+    assert paused_batch is not None
+    assert idle_batch is not None
+    assert [i.jti for i in busy_batch.items] == [r["jti"] for r in queued(store, busy)][:3]
+    assert busy_batch.target.endpoint_url == f"{url}/0"
+    assert busy_batch.target.status == "enabled"
+    assert [i.event_type for i in paused_batch.items] == [STREAM_UPDATED]  # held but control
+    assert paused_batch.target.status == "paused"
+    assert idle_batch.items == []
+    with pytest.raises(InvalidInput):
+        store.push.batches([busy], 0)
 
 
 def test_one_black_holed_receiver_does_not_hold_up_nineteen_others(env: Env) -> None:

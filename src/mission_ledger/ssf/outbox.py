@@ -4,39 +4,49 @@ A tracked projection of the ledger (the same machinery as the views, :mod:`..pro
 worker reads the notification log in pages (``select_notifications(start, limit, stop=head,
 topics=OUTBOX_TOPICS)``: every Mission event, ``ProposalSubmitted`` and ``ProposalDenied``, every
 ``Stream*`` event, ``PrincipalRevoked``), folds a page into rows and SET drafts
-(:mod:`.outbox_fold`, which states the rules per ledger event), signs the drafts, and writes
-rows, SETs and the new tracking position in ONE transaction
-(:meth:`.outbox_store.OutboxStore.write_page`). The position recorded is the page's last
-notification id, or the ledger's head when the page reached it (or, when a page caused more
-than 2,000 SETs, the last event folded: signing work per transaction stays bounded).
+(:mod:`.outbox_fold`, which states the rules per ledger event), and writes rows, SETs and the
+new tracking position in ONE transaction (:meth:`.outbox_store.OutboxStore.write_page`). The
+position recorded is the page's last notification id, or the ledger's head when the page
+reached it (or, when a page caused more than 2,000 SETs, the last event folded: the work per
+page stays bounded).
 
 **Exactly once.** A SET exists for (ledger event, event type, stream) iff the page holding the
 event committed, and a page commits only together with the position after it. A crash anywhere
-before the commit loses the page's signatures and rows alike — none of them ever left the
-process — and the next run folds the same page again from the recorded position. A crash after
-the commit re-reads the position and continues after the page. Two writers cannot both commit a
-page: the worker holds a PostgreSQL session advisory lock (its own key, distinct from the views'
-worker's) and, on every backend, the tracking row is compared with the position the writer
-started from under the write lock; the library's tracking upsert refuses a position already
-recorded, and ``UNIQUE (stream_id, txn, event_type)`` on the queue is the last line. The fold
-reads only the page, the immutable ledger and rows of earlier (committed) pages, so a re-done
-page yields the same rows. After any failure the worker forgets its cached position and
-streams and re-reads them (the page may or may not have committed).
+before the commit loses the page's rows — none of them ever left the process — and the next
+run folds the same page again from the recorded position. A crash after the commit re-reads
+the position and continues after the page. Two writers cannot both commit a page: the worker
+holds a PostgreSQL session advisory lock (its own key, distinct from the views' worker's) and,
+on every backend, the tracking row is compared with the position the writer started from
+under the write lock; the library's tracking upsert refuses a position already recorded, and
+``UNIQUE (stream_id, txn, event_type)`` on the queue is the last line. The fold reads only the
+page, the immutable ledger and rows of earlier (committed) pages, so a re-done page yields the
+same rows. After any failure the worker forgets its cached position, streams and unsigned
+rows and re-reads them (the page may or may not have committed).
 
-**Signing** runs in the worker thread, never on an event loop, with ``keys.active(alg)`` of each
-stream's ``signing_alg`` (RS256 by default, ES256 per stream). A page with at least 8 RS256 SETs
-is signed in a small thread pool: RSA signing (≈0.8 ms per 2048-bit signature here, the
-default; ≈3 ms per 3072-bit one; 90% of the worker's time in a profile) runs in OpenSSL without
-the GIL, so on this 2-core machine the worker queued ≈500 RS256 (3072-bit) SETs/s with two
-signing threads against ≈280/s with one (measured end to end, SQLite, 1,350 SETs; on a machine
-loaded by other processes the two were within noise). ES256 signs an order of magnitude faster
-and is not worth the hand-off. ``iat`` and the queue's ``created_at`` come from the ledger's
-clock.
+**Signing in chunks.** Every row's claims, ``jti`` and key are fixed when its page commits; the
+signature may come just after. The page's first ``sign_chunk`` (16) SETs are signed before the
+commit; the others are written unsigned — ``set_jwt`` holding the JWS Signing Input,
+``signed`` false — and signed right after the commit, ``sign_chunk`` per transaction
+(:meth:`.outbox_store.OutboxStore.store_signatures`), in queue order, the next chunk signing
+while the current one is written; listeners hear of each chunk as it commits. So a revocation
+that reaches a hundred streams is on its way to the first receivers after 16 signatures, not
+100. Nothing reads an unsigned row as a SET: polls and push batches stop at a stream's first
+unsigned row (:func:`.outbox_tables.signed_prefix`). A crash between the commit and the
+signatures leaves unsigned rows, which the next step reads back
+(:meth:`.outbox_store.OutboxStore.unsigned`) and signs before folding on — the same jtis, the
+same claims; a key rotated out meanwhile is replaced in the header by the active one.
+
+Signing runs in the worker thread (never on an event loop), with ``keys.active(alg)`` of each
+stream's ``signing_alg`` (RS256 by default, ES256 per stream); a chunk with at least 8 RS256
+SETs is signed in a small thread pool (RSA signing runs in OpenSSL without the GIL: ≈0.4 ms
+per 2048-bit signature on this machine). ES256 signs an order of magnitude faster and is not
+worth the hand-off. ``iat`` and the queue's ``created_at`` come from the ledger's clock.
 
 **Wake-ups.** PostgreSQL: the worker's lock connection LISTENs on the ledger's NOTIFY channel,
 so a commit wakes it at once; SQLite: it polls every ``poll_interval``. After every committed
-page that queued SETs, listeners (:meth:`OutboxWorker.add_listener`) hear which streams got
-them — the long-poll endpoint uses that to answer at once.
+page or chunk that made SETs deliverable, listeners (:meth:`OutboxWorker.add_listener`) hear
+which streams got them — the long-poll endpoint and the push deliverer use that to act at
+once.
 
 **Key retirement.** A rotated-out key stays published (``retiring``) until no queued SET signed
 with it remains. While idle, at most every 30 s, the worker retires (unpublishes) every
@@ -49,8 +59,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 
 from ..config import Settings
@@ -63,11 +74,16 @@ from ..ledger import MISSION_TOPICS, MissionLedger
 from ..projections.errors import ProjectionMismatch
 from ..projections.runner import WorkerClaim
 from ..projections.views import store_errors
-from .keys import KeyStore, SigningKey
+from .keys import SUPPORTED_ALGORITHMS, KeyStore, SigningKey
 from .outbox_fold import STREAM_UPDATED, VERIFICATION, Draft, LedgerFacts, PageFold
-from .outbox_store import FoldedStream, OutboxStore, QueuedSet
+from .outbox_store import FoldedStream, OutboxStore, QueuedSet, Signature, Unsigned
 from .outbox_tables import PROJECTION_NAME
-from .rfc8417_set import sign_set
+from .rfc8417_set import (
+    payload_signing_input,
+    resign_header,
+    sign_signing_input,
+    signing_input_header,
+)
 
 __all__ = [
     "OUTBOX_TOPICS",
@@ -88,7 +104,8 @@ OUTBOX_TOPICS: tuple[str, ...] = (
 )
 RETIRE_INTERVAL = 30.0  # seconds between key-retirement checks while idle
 MAX_PAGE_SETS = 2000  # a page stops folding once it caused this many SETs (bounded signing work)
-PARALLEL_SIGNING_MIN = 8  # RS256 SETs in a page from which signing uses the thread pool
+PARALLEL_SIGNING_MIN = 8  # RS256 SETs in a chunk from which signing uses the thread pool
+SIGN_CHUNK = 16  # SETs signed before a page commits, then per transaction after it
 MAX_BACKOFF = 5.0
 _WHERE = "the SSF outbox (ledger or outbox store)"
 
@@ -111,15 +128,19 @@ class OutboxWorker:
         page_size: int = 500,
         poll_interval: float = 0.005,
         sign_threads: int | None = None,
+        sign_chunk: int = SIGN_CHUNK,
     ) -> None:
         if page_size < 1:
             raise InvalidInput("page_size must be at least 1", field="page_size")
+        if sign_chunk < 1:
+            raise InvalidInput("sign_chunk must be at least 1", field="sign_chunk")
         if poll_interval <= 0:
             raise InvalidInput("poll_interval must be positive", field="poll_interval")
         self.ledger = ledger
         self.settings = settings
         self.keys = keys
         self.page_size = page_size
+        self.sign_chunk = sign_chunk
         self.poll_interval = poll_interval
         self.sign_threads = (
             sign_threads if sign_threads is not None else min(4, os.cpu_count() or 1)
@@ -139,6 +160,7 @@ class OutboxWorker:
         self._streams: dict[str, FoldedStream] | None = None  # None: load on the next step
         self._facts = LedgerFacts(ledger, self._store)
         self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Unsigned] | None = None  # None: read the unsigned rows next step
         self._last_retire = float("-inf")
         self.head = 0  # the ledger's last notification id seen
         self.applied = 0  # ledger events folded by this worker since it started
@@ -161,8 +183,9 @@ class OutboxWorker:
         return self._position or 0
 
     def add_listener(self, callback: Listener) -> None:
-        """Call ``callback(stream_ids)`` after every committed page that queued SETs, with the
-        streams that got new ones (from the worker thread: keep it short, e.g. wake pollers)."""
+        """Call ``callback(stream_ids)`` after every committed page or signature chunk that made
+        SETs deliverable, with their streams (from the worker thread: keep it short, e.g. wake
+        pollers)."""
         with self._listeners_lock:
             self._listeners.append(callback)
 
@@ -240,15 +263,19 @@ class OutboxWorker:
     # -- one page ---------------------------------------------------------------------------------
 
     def _step(self) -> tuple[int, bool]:
-        """Fold, sign and write the next page; returns (SETs queued, whether more is due).
+        """Sign what an earlier page left unsigned, then fold, sign and write the next page;
+        returns (SETs queued, whether more is due).
 
-        Any failure forgets the cached position and streams (re-read on the next step): the
-        page may or may not have committed, and the cache may hold its uncommitted changes."""
+        Any failure forgets the cached position, streams and unsigned rows (re-read on the next
+        step): the page may or may not have committed, and the cache may hold its uncommitted
+        changes."""
         try:
+            self._sign_pending()
             return self._fold_and_write()
         except BaseException:
             self._position = None
             self._streams = None
+            self._pending = None
             raise
 
     def _fold_and_write(self) -> tuple[int, bool]:
@@ -283,42 +310,88 @@ class OutboxWorker:
                 break
         page = fold.page
         page.streams = list(fold.dirty.values())
-        page.sets = self._sign(fold.drafts, fold.now)
+        keys = {alg: self.keys.active(alg) for alg in {d.alg for d in fold.drafts}}
+        rows = [_queued(draft, keys[draft.alg], fold.now) for draft in fold.drafts]
+        first = self.sign_chunk
+        signed = self._sign([Unsigned(r.jti, r.stream_id, r.set_jwt) for r in rows[:first]], keys)
+        for index, signature in enumerate(signed):
+            rows[index] = replace(rows[index], set_jwt=signature.set_jwt, signed=True)
+        page.sets = rows
         self._store.write_page(page, position, new_position)
         self._position = new_position
+        self._pending = [Unsigned(r.jti, r.stream_id, r.set_jwt) for r in rows[first:]]
         self.applied += folded
-        self.enqueued += len(page.sets)
-        if page.sets:
-            self._notify({s.stream_id for s in page.sets})
-        return len(page.sets), new_position < head
+        self.enqueued += len(rows)
+        if signed:
+            self._notify({s.stream_id for s in signed})
+        self._sign_pending()
+        return len(rows), new_position < head
 
-    def _sign(self, drafts: Sequence[Draft], now: datetime) -> list[QueuedSet]:
-        keys: dict[str, SigningKey] = {
-            alg: self.keys.active(alg) for alg in {d.alg for d in drafts}
-        }
+    def _sign_pending(self) -> None:
+        """Sign the queued SETs written unsigned, ``sign_chunk`` per transaction, in queue
+        order; listeners hear of each chunk as it commits. The next chunk is signed (in the
+        pool) while the current one is written."""
+        if self._pending is None:
+            self._pending = self._store.unsigned()
+        if not self._pending:
+            return
+        keys = {alg: self.keys.active(alg) for alg in SUPPORTED_ALGORITHMS}
+        chunk = self.sign_chunk
+        ahead = self._sign_async(self._pending[:chunk], keys)
+        while self._pending:
+            signatures = ahead()
+            rest = self._pending[chunk:]
+            ahead = self._sign_async(rest[:chunk], keys)
+            self._store.store_signatures(signatures)
+            self._pending = rest
+            self._notify({s.stream_id for s in signatures})
 
-        def sign(draft: Draft) -> QueuedSet:
-            key = keys[draft.alg]
-            return QueuedSet(
-                stream_id=draft.stream_id,
-                jti=draft.claims["jti"],
-                txn=draft.txn,
-                event_type=draft.event_type,
-                kid=key.kid,
-                set_jwt=sign_set(draft.claims, key),
-                position=draft.position,
-                mission_id=draft.mission_id,
-                mission_version=draft.mission_version,
-                control=draft.control,
-                created_at=now,
-            )
+    def _sign(
+        self, unsigned: Sequence[Unsigned], keys: Mapping[str, SigningKey]
+    ) -> list[Signature]:
+        return self._sign_async(unsigned, keys)()
 
-        rsa = sum(1 for d in drafts if d.alg == "RS256")
+    def _sign_async(
+        self, unsigned: Sequence[Unsigned], keys: Mapping[str, SigningKey]
+    ) -> Callable[[], list[Signature]]:
+        """Start signing ``unsigned`` (in the thread pool when it holds enough RS256 work); the
+        returned function waits for the signatures, in order."""
+        jobs: list[tuple[str, str]] = []
+        used: dict[str, SigningKey] = {}
+        for item in unsigned:
+            signing_input = item.signing_input
+            header = signing_input_header(signing_input)
+            key = keys[header["alg"]]
+            if header.get("kid") != key.kid:  # rotated since the page was folded
+                signing_input = resign_header(signing_input, key)
+            jobs.append((key.kid, signing_input))
+            used[key.kid] = key
+
+        def signatures(tokens: list[str]) -> list[Signature]:
+            return [
+                Signature(item.jti, item.stream_id, kid, token)
+                for item, (kid, _), token in zip(unsigned, jobs, tokens, strict=True)
+            ]
+
+        rsa = sum(1 for kid, _ in jobs if used[kid].alg == "RS256")
         if self.sign_threads > 1 and rsa >= PARALLEL_SIGNING_MIN:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.sign_threads, thread_name_prefix="ssf-sign")
-            return list(self._pool.map(sign, drafts))
-        return [sign(d) for d in drafts]
+            futures = [
+                self._pool.submit(sign_signing_input, signing_input, used[kid])
+                for kid, signing_input in jobs
+            ]
+
+            def wait() -> list[Signature]:
+                try:
+                    return signatures([future.result() for future in futures])
+                finally:
+                    for future in futures:
+                        future.cancel()
+
+            return wait
+        tokens = [sign_signing_input(signing_input, used[kid]) for kid, signing_input in jobs]
+        return lambda: signatures(tokens)
 
     def _notify(self, stream_ids: set[str]) -> None:
         with self._listeners_lock:
@@ -328,3 +401,21 @@ class OutboxWorker:
                 listener(set(stream_ids))
             except Exception:
                 LOG.exception("an SSF outbox listener failed (ignored)")
+
+
+def _queued(draft: Draft, key: SigningKey, now: datetime) -> QueuedSet:
+    """The queue row of ``draft``, unsigned: ``set_jwt`` holds its JWS Signing Input."""
+    return QueuedSet(
+        stream_id=draft.stream_id,
+        jti=draft.jti,
+        txn=draft.txn,
+        event_type=draft.event_type,
+        kid=key.kid,
+        set_jwt=payload_signing_input(draft.payload, key),
+        position=draft.position,
+        mission_id=draft.mission_id,
+        mission_version=draft.mission_version,
+        control=draft.control,
+        created_at=now,
+        signed=False,
+    )

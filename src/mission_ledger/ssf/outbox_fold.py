@@ -83,7 +83,7 @@ from .mission_events import (
     proposal_subject,
 )
 from .outbox_store import FoldedStream, MissionScope, OutboxPage, OutboxStore
-from .rfc8417_set import build_set_claims
+from .rfc8417_set import build_set_claims, set_payload
 
 __all__ = [
     "STREAM_UPDATED",
@@ -134,7 +134,8 @@ class Draft:
 
     stream_id: str
     alg: str
-    claims: dict[str, Any]
+    jti: str
+    payload: str  # the JWS Payload, BASE64URL(claims): a snapshot later events cannot change
     event_type: str
     txn: str
     position: int
@@ -191,7 +192,8 @@ class PageFold:
             Draft(
                 stream_id=stream.stream_id,
                 alg=stream.signing_alg,
-                claims=copy.deepcopy(claims),  # later events of the page must not reach into it
+                jti=claims["jti"],
+                payload=set_payload(claims),
                 event_type=event_type,
                 txn=txn,
                 position=position,

@@ -40,7 +40,14 @@ from ..domain.errors import InvalidInput
 from ..domain.timefmt import format_rfc3339
 from ..projections.errors import ProjectionMismatch
 from ..projections.views import store_errors
-from .outbox_tables import WHERE, OutboxBackend, OutboxTx, from_db_time, open_backend
+from .outbox_tables import (
+    WHERE,
+    OutboxBackend,
+    OutboxTx,
+    from_db_time,
+    open_backend,
+    signed_prefix,
+)
 from .push_queue import PushQueue
 
 __all__ = [
@@ -50,6 +57,8 @@ __all__ = [
     "OutboxPage",
     "OutboxStore",
     "QueuedSet",
+    "Signature",
+    "Unsigned",
 ]
 
 MAX_POLL_EVENTS = 1000  # the most SETs one poll response carries, whatever maxEvents says
@@ -108,7 +117,10 @@ class MissionScope:
 
 @dataclass(frozen=True)
 class QueuedSet:
-    """One signed SET to enqueue (a new ``ssf_queue`` row; ``seq`` is assigned on insert)."""
+    """One SET to enqueue (a new ``ssf_queue`` row; ``seq`` is assigned on insert).
+
+    ``signed`` False: ``set_jwt`` is the SET's JWS Signing Input, signed later
+    (:meth:`OutboxStore.store_signatures`); until then the row is neither offered nor pushed."""
 
     stream_id: str
     jti: str
@@ -121,6 +133,26 @@ class QueuedSet:
     mission_version: int | None
     control: bool
     created_at: datetime
+    signed: bool = True
+
+
+@dataclass(frozen=True)
+class Unsigned:
+    """A queued SET still to be signed: its ``jti`` and JWS Signing Input."""
+
+    jti: str
+    stream_id: str
+    signing_input: str
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A signed SET for an :class:`Unsigned` row: the compact JWS and the key that signed it."""
+
+    jti: str
+    stream_id: str
+    kid: str
+    set_jwt: str
 
 
 @dataclass
@@ -175,6 +207,7 @@ _QUEUE_COLUMNS = (
     "mission_version",
     "control",
     "created_at",
+    "signed",
 )
 
 
@@ -325,11 +358,13 @@ class OutboxStore:
                 self._record_errors(tx, stream_id, set_errs, now)
             if limit == 0:
                 found = tx.execute(
-                    b.sql(f"SELECT 1 AS one {offerable} LIMIT 1"), [stream_id, cutoff]
+                    b.sql(f"SELECT signed {offerable} ORDER BY seq LIMIT 1"), [stream_id, cutoff]
                 )
-                return {}, bool(found)
-            select = f"SELECT seq, jti, set_jwt {offerable} ORDER BY seq LIMIT ?{b.lock_rows}"
-            rows = tx.execute(b.sql(select), [stream_id, cutoff, limit + 1])
+                return {}, bool(found and found[0]["signed"])
+            select = (
+                f"SELECT seq, jti, set_jwt, signed {offerable} ORDER BY seq LIMIT ?{b.lock_rows}"
+            )
+            rows = signed_prefix(tx.execute(b.sql(select), [stream_id, cutoff, limit + 1]))
             offered = rows[:limit]
             tx.executemany(
                 b.sql(
@@ -396,14 +431,15 @@ class OutboxStore:
         _check_now(now)
         b = self._b
         statement = (
-            "SELECT 1 AS one FROM {queue} WHERE stream_id = ? AND dead_at IS NULL "  # noqa: S608
+            "SELECT signed FROM {queue} WHERE stream_id = ? AND dead_at IS NULL "  # noqa: S608
             "AND (offered_at IS NULL OR offered_at <= ?)"
             + ("" if deliver else " AND control")
-            + " LIMIT 1"
+            + " ORDER BY seq LIMIT 1"
         )
         cutoff = b.time_to_db(now - timedelta(seconds=reoffer_after))
         with store_errors(WHERE), b.reading() as fetch:
-            return bool(fetch(b.sql(statement), [stream_id, cutoff]))
+            rows = fetch(b.sql(statement), [stream_id, cutoff])
+        return bool(rows and rows[0]["signed"])
 
     # -- statistics (operators, /metrics) ---------------------------------------------------------
 
@@ -506,6 +542,30 @@ class OutboxStore:
         return str(rows[0]["authorization_header"]) if rows else None
 
     # -- the worker's side ------------------------------------------------------------------------
+
+    def unsigned(self) -> list[Unsigned]:
+        """Every queued SET still to be signed, in queue order (after a restart: the worker
+        signs them before it folds on)."""
+        b = self._b
+        with store_errors(WHERE), b.reading() as fetch:
+            rows = fetch(
+                b.sql("SELECT jti, stream_id, set_jwt FROM {queue} WHERE NOT signed ORDER BY seq"),
+                [],
+            )
+        return [Unsigned(row["jti"], row["stream_id"], row["set_jwt"]) for row in rows]
+
+    def store_signatures(self, signatures: Sequence[Signature]) -> None:
+        """Replace the Signing Inputs of these rows by their compact JWS, in ONE transaction.
+        Rows gone meanwhile (a stream deleted) or already signed are left alone."""
+        b = self._b
+        with store_errors(WHERE), b.writing() as tx:
+            tx.executemany(
+                b.sql(
+                    "UPDATE {queue} SET set_jwt = ?, kid = ?, signed = ? "
+                    "WHERE jti = ? AND NOT signed"
+                ),
+                [(s.set_jwt, s.kid, True, s.jti) for s in signatures],
+            )
 
     def load_streams(self) -> dict[str, FoldedStream]:
         """Every stream row (deleted ones included), by stream id."""

@@ -19,7 +19,9 @@ row cannot interleave with another writer. The DDL comes from
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -54,6 +56,7 @@ __all__ = [
     "from_db_time",
     "open_backend",
     "outbox_env",
+    "signed_prefix",
 ]
 
 PROJECTION_NAME = SSF_OUTBOX  # env prefix SSF_OUTBOX_*, PostgreSQL table ssf_outbox_tracking
@@ -62,6 +65,13 @@ SQLITE_OUTBOX_FILE = "ssf.sqlite3"
 TABLES: tuple[str, ...] = NOT_REBUILDABLE_TABLES[SSF_OUTBOX]
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 WHERE = "the SSF outbox store"
+
+#: Columns added to the DDL after its first release: (table, column, declaration) per backend
+#: (:meth:`OutboxBackend.ensure_tables` adds the missing ones to an existing outbox).
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "sqlite": (("ssf_queue", "signed", "INTEGER NOT NULL DEFAULT 1"),),
+    "postgres": (("ssf_queue", "signed", "boolean NOT NULL DEFAULT TRUE"),),
+}
 
 #: ``fetch(statement, params)`` → rows as dicts, all on one snapshot (see ``reading``)
 Fetch = Callable[[str, Sequence[Any]], list[dict[str, Any]]]
@@ -164,6 +174,9 @@ class OutboxBackend(ABC):
     @abstractmethod
     def existing_tables(self) -> set[str]: ...
 
+    @abstractmethod
+    def existing_columns(self, table: str) -> set[str]: ...
+
     def sql(self, statement: str) -> str:
         """``{queue}``-style table names qualified, ``?`` placeholders in this backend's form."""
         names = {
@@ -186,6 +199,29 @@ class OutboxBackend(ABC):
                 for statement in ddl_statements(SSF_OUTBOX, self.backend_name()):
                     tx.execute(statement)
                 tx.seed_tracking()
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring an outbox created by an earlier release up to the DDL: columns added since
+        are added (with their defaults, which describe the rows already there)."""
+        missing = [
+            (table, column, declaration)
+            for table, column, declaration in ADDED_COLUMNS[self.backend_name()]
+            if column not in self.existing_columns(table)
+        ]
+        if missing:
+            with self.writing() as tx:
+                for table, column, declaration in missing:
+                    tx.execute(f"ALTER TABLE {self.table(table)} ADD COLUMN {column} {declaration}")
+
+
+def signed_prefix(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (one stream's, in ``seq`` order) up to the first one not yet signed: a SET is
+    never delivered before an earlier one of its stream."""
+    for index, row in enumerate(rows):
+        if not row["signed"]:
+            return rows[:index]
+    return rows
 
 
 def from_db_time(value: Any) -> datetime:
@@ -193,6 +229,20 @@ def from_db_time(value: Any) -> datetime:
         return datetime.strptime(value, _SQLITE_TIME).replace(tzinfo=UTC)
     assert isinstance(value, datetime)
     return value
+
+
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _sqlite_write_lock(db_name: str) -> threading.Lock:
+    """The lock this process's writers of the SQLite file ``db_name`` take in turn."""
+    key = os.path.realpath(db_name)
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(key)
+        if lock is None:
+            lock = _WRITE_LOCKS[key] = threading.Lock()
+        return lock
 
 
 class _SQLiteOutbox(SQLiteTrackingRecorder, OutboxBackend):
@@ -246,11 +296,22 @@ class _SQLiteOutbox(SQLiteTrackingRecorder, OutboxBackend):
             rows = fetch("SELECT name FROM sqlite_master WHERE type = 'table'", [])
         return {row["name"] for row in rows}
 
+    def existing_columns(self, table: str) -> set[str]:
+        with self.reading() as fetch:
+            rows = fetch("SELECT name FROM pragma_table_info(?)", [table])
+        return {row["name"] for row in rows}
+
     @contextmanager
     def writing(self) -> Iterator[OutboxTx]:
         # BEGIN IMMEDIATE takes the write lock before anything is read, so the worker's
         # compare-and-set and a poll's select-then-mark cannot interleave with another writer.
-        with self.datastore.get_connection(commit=True) as conn:
+        # Writers of this process queue on a lock first: SQLite's own busy handler would make
+        # them sleep 1, 2, 5, 10, 15… ms between attempts, and the outbox worker's, the push
+        # deliverer's and the poll endpoint's short transactions would stall one another.
+        with (
+            _sqlite_write_lock(self.datastore.pool.db_name),
+            self.datastore.get_connection(commit=True) as conn,
+        ):
             cursor: SQLiteCursor = conn.cursor()
             try:
                 with _sqlite_errors():
@@ -335,6 +396,15 @@ class _PostgresOutbox(PostgresTrackingRecorder, OutboxBackend):
                 [self.datastore.schema],
             )
         return {row["table_name"] for row in rows}
+
+    def existing_columns(self, table: str) -> set[str]:
+        with self.reading() as fetch:
+            rows = fetch(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s",
+                [self.datastore.schema, table],
+            )
+        return {row["column_name"] for row in rows}
 
     @contextmanager
     def writing(self) -> Iterator[OutboxTx]:

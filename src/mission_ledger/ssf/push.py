@@ -74,7 +74,7 @@ from ..config import Settings
 from ..domain.errors import InvalidInput
 from ..errors import Unavailable, first_line
 from ..projections.errors import AnotherWorkerActive
-from ..projections.runner import advisory_lock_key
+from ..projections.runner import advisory_lock_key, release_session_locks
 from .outbox_store import OutboxStore
 from .push_queue import Delivered, Failed, Outcome, PushBatch, PushHead, PushItem, PushTarget
 from .rfc8935_push import Attempt, Kind, push_once
@@ -269,8 +269,7 @@ class PushClaim:
 
     def release(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()  # ends the session: the advisory lock goes with it
+            release_session_locks(self._conn)
             self._conn = None
         if self._file is not None:
             with contextlib.suppress(OSError):
@@ -372,6 +371,62 @@ class _Writer:
         await self.flush()  # what finished before the stop is recorded
 
 
+class _Reader:
+    """Reads the stream tasks' next batches together: every read asked for while one runs (or
+    in the same turn of the loop) joins the next one, a single snapshot for all those streams
+    (:meth:`.push_queue.PushQueue.batches`), so a revocation that wakes a hundred streams
+    costs one read, not a hundred."""
+
+    def __init__(self, deliverer: PushDeliverer) -> None:
+        self._deliverer = deliverer
+        self._waiting: dict[str, list[asyncio.Future[PushBatch | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def read(self, stream_id: str) -> PushBatch | None:
+        """The stream's next batch (None: not a live push stream); raises what the read
+        raised (``Unavailable``: the caller backs off)."""
+        future: asyncio.Future[PushBatch | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(stream_id, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="ssf-push-reader")
+        return await future
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                await asyncio.sleep(0)  # the tasks woken in this turn ask too
+                waiting, self._waiting = self._waiting, {}
+                try:
+                    batches = await self._deliverer._call(
+                        self._deliverer.store.push.batches,
+                        list(waiting),
+                        self._deliverer.options.batch_size,
+                    )
+                except Exception as error:
+                    for futures in waiting.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(error)
+                    continue
+                for stream_id, futures in waiting.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(batches.get(stream_id))
+        except asyncio.CancelledError:
+            for futures in self._waiting.values():
+                for future in futures:
+                    future.cancel()
+            self._waiting.clear()
+            raise
+
+
 class PushDeliverer:
     """Delivers push streams' SETs (see the module docstring). Lives on one event loop:
     :meth:`start` and :meth:`stop` there; :meth:`notify_threadsafe` from any thread."""
@@ -396,6 +451,7 @@ class PushDeliverer:
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self._writer: _Writer | None = None
+        self._reader: _Reader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._lanes: dict[str, _Lane] = {}
@@ -432,6 +488,7 @@ class PushDeliverer:
         self._slots = asyncio.Semaphore(o.concurrency)
         self._writer = _Writer(self)
         self._writer.start()
+        self._reader = _Reader(self)
         self._main = asyncio.create_task(self._run(), name="ssf-push")
 
     async def stop(self) -> None:
@@ -453,6 +510,8 @@ class PushDeliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
             self._main = None
+        if self._reader is not None:
+            await self._reader.stop()
         if self._writer is not None:
             await self._writer.stop()
         if self._session is not None:
@@ -594,9 +653,8 @@ class PushDeliverer:
                 lane.refresh.clear()
                 lane.new_sets = False
                 try:
-                    batch = await self._call(
-                        self.store.push.batch, lane.stream_id, self.options.batch_size
-                    )
+                    assert self._reader is not None
+                    batch = await self._reader.read(lane.stream_id)
                     if batch is None or not batch.items:
                         if lane.refresh.is_set() or lane.new_sets:
                             continue

@@ -32,7 +32,7 @@ from ..domain.errors import InvalidInput, NotFound
 from ..domain.stream import ENABLED, PUSH
 from ..domain.timefmt import format_rfc3339
 from ..projections.views import store_errors
-from .outbox_tables import WHERE, OutboxBackend, from_db_time
+from .outbox_tables import WHERE, OutboxBackend, from_db_time, signed_prefix
 
 __all__ = [
     "Delivered",
@@ -140,7 +140,7 @@ class PushQueue:
         One statement; each head is found through the live-rows index ``(stream_id, seq)``."""
         b = self._b
         statement = (
-            "SELECT h.stream_id, h.status, h.endpoint_url, h.head, q.next_attempt_at, "
+            "SELECT h.stream_id, h.status, h.endpoint_url, h.head, q.next_attempt_at, q.signed, "
             "k.updated_at AS secret_updated_at FROM ("
             "SELECT s.stream_id, s.status, s.endpoint_url, ("
             "SELECT q2.seq FROM {queue} q2 WHERE q2.stream_id = s.stream_id "
@@ -156,71 +156,93 @@ class PushQueue:
                 stream_id=row["stream_id"],
                 status=row["status"],
                 endpoint_url=row["endpoint_url"],
-                seq=None if row["head"] is None else int(row["head"]),
+                seq=None if row["head"] is None or not row["signed"] else int(row["head"]),
                 next_attempt_at=_maybe_time(row["next_attempt_at"]),
                 secret_updated_at=_maybe_time(row["secret_updated_at"]),
             )
             for row in rows
         ]
 
-    def batch(self, stream_id: str, limit: int) -> PushBatch | None:
-        """The stream's target and up to ``limit`` deliverable SETs from its head, in order;
-        None when the stream is not a live push stream (deleted, revoked, switched to poll)."""
+    def batches(self, stream_ids: Sequence[str], limit: int) -> dict[str, PushBatch | None]:
+        """For each stream: its target and up to ``limit`` deliverable SETs from its head, in
+        order (up to the first SET not yet signed); None when it is not a live push stream
+        (deleted, revoked, switched to poll). One snapshot, three statements for all of them
+        (``IN`` lists of at most 500 ids), so waking a hundred streams costs one read."""
         if limit < 1:
             raise InvalidInput("limit must be at least 1", field="limit")
+        ids = list(dict.fromkeys(stream_ids))
+        streams: list[dict[str, Any]] = []
+        secrets: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
         b = self._b
         with store_errors(WHERE), b.reading() as fetch:
-            streams = fetch(
-                b.sql(
-                    "SELECT status, delivery_method, endpoint_url, deleted, receiver_revoked "
-                    "FROM {streams} WHERE stream_id = ?"
-                ),
-                [stream_id],
-            )
-            if not streams:
-                return None
-            stream = streams[0]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                streams += fetch(
+                    b.sql(
+                        "SELECT stream_id, status, delivery_method, endpoint_url, deleted, "  # noqa: S608
+                        f"receiver_revoked FROM {{streams}} WHERE stream_id IN ({marks})"
+                    ),
+                    chunk,
+                )
+                secrets += fetch(
+                    b.sql(
+                        "SELECT stream_id, authorization_header, updated_at FROM {secrets} "  # noqa: S608
+                        f"WHERE stream_id IN ({marks})"
+                    ),
+                    chunk,
+                )
+                # Each stream's first `limit` live rows its status lets through, in order.
+                rows += fetch(
+                    b.sql(
+                        "SELECT stream_id, seq, jti, event_type, set_jwt, signed, control, "  # noqa: S608
+                        "attempts, slow_attempts, next_attempt_at FROM ("
+                        "SELECT q.*, ROW_NUMBER() OVER (PARTITION BY q.stream_id ORDER BY q.seq) "
+                        "AS n FROM {queue} q JOIN {streams} s ON s.stream_id = q.stream_id "
+                        f"WHERE q.stream_id IN ({marks}) AND q.dead_at IS NULL "
+                        "AND (q.control OR s.status = ?)) ranked "
+                        "WHERE n <= ? ORDER BY stream_id, seq"
+                    ),
+                    [*chunk, ENABLED, limit],
+                )
+        by_secret = {row["stream_id"]: row for row in secrets}
+        by_rows: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_rows.setdefault(row["stream_id"], []).append(row)
+        result: dict[str, PushBatch | None] = dict.fromkeys(ids)
+        for stream in streams:
             if (
                 stream["delivery_method"] != PUSH
                 or not stream["endpoint_url"]
                 or stream["deleted"]
                 or stream["receiver_revoked"]
             ):
-                return None
-            secrets = fetch(
-                b.sql("SELECT authorization_header, updated_at FROM {secrets} WHERE stream_id = ?"),
-                [stream_id],
+                continue
+            stream_id = stream["stream_id"]
+            secret = by_secret.get(stream_id)
+            target = PushTarget(
+                stream_id=stream_id,
+                endpoint_url=str(stream["endpoint_url"]),
+                status=str(stream["status"]),
+                authorization=str(secret["authorization_header"]) if secret else None,
             )
-            held = "" if stream["status"] == ENABLED else " AND control"
-            rows = fetch(
-                b.sql(
-                    "SELECT seq, jti, event_type, set_jwt, control, attempts, slow_attempts, "  # noqa: S608
-                    "next_attempt_at FROM {queue} WHERE stream_id = ? AND dead_at IS NULL"
-                    + held
-                    + " ORDER BY seq LIMIT ?"
-                ),
-                [stream_id, limit],
-            )
-        target = PushTarget(
-            stream_id=stream_id,
-            endpoint_url=str(stream["endpoint_url"]),
-            status=str(stream["status"]),
-            authorization=str(secrets[0]["authorization_header"]) if secrets else None,
-        )
-        items = [
-            PushItem(
-                seq=int(row["seq"]),
-                jti=row["jti"],
-                event_type=row["event_type"],
-                set_jwt=row["set_jwt"],
-                control=bool(row["control"]),
-                attempts=int(row["attempts"]),
-                slow_attempts=int(row["slow_attempts"]),
-                next_attempt_at=_maybe_time(row["next_attempt_at"]),
-            )
-            for row in rows
-        ]
-        return PushBatch(target, items, _maybe_time(secrets[0]["updated_at"]) if secrets else None)
+            items = [
+                PushItem(
+                    seq=int(row["seq"]),
+                    jti=row["jti"],
+                    event_type=row["event_type"],
+                    set_jwt=row["set_jwt"],
+                    control=bool(row["control"]),
+                    attempts=int(row["attempts"]),
+                    slow_attempts=int(row["slow_attempts"]),
+                    next_attempt_at=_maybe_time(row["next_attempt_at"]),
+                )
+                for row in signed_prefix(by_rows.get(stream_id, []))
+            ]
+            updated = _maybe_time(secret["updated_at"]) if secret else None
+            result[stream_id] = PushBatch(target, items, updated)
+        return result
 
     def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         """Write the outcomes of several attempts (any streams) in ONE transaction.

@@ -90,6 +90,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 import aiohttp
@@ -424,9 +425,17 @@ def check_url(url: object, policy: PushTargetPolicy) -> str:
 
 
 def _target(url: object, policy: PushTargetPolicy) -> tuple[str, str, int]:
-    """:func:`check_url`'s work; returns ``(url, host in ASCII form, port)``."""
+    """:func:`check_url`'s work; returns ``(url, host in ASCII form, port)``.
+
+    A pure function of its arguments (no DNS): the answers for URLs that pass are remembered,
+    since the push deliverer checks the same few endpoints on every request."""
     if not isinstance(url, str) or not url:
         raise _invalid(f"push delivery needs {FIELD}, the receiver's absolute https URL")
+    return _checked_target(url, policy)
+
+
+@lru_cache(maxsize=4096)  # only successes are cached (a refusal raises, and is checked again)
+def _checked_target(url: str, policy: PushTargetPolicy) -> tuple[str, str, int]:
     if len(url) > MAX_URL_LENGTH:
         raise _invalid(f"{FIELD} must be at most {MAX_URL_LENGTH} characters")
     if not url.isprintable() or any(ch.isspace() for ch in url):
