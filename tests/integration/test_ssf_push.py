@@ -47,6 +47,7 @@ from mission_ledger.ssf.outbox_store import OutboxStore
 from mission_ledger.ssf.push import PushDeliverer, PushOptions, RetrySchedule
 from mission_ledger.ssf.ssrf import PushTargetPolicy
 from mission_ledger.ssf.streams import authorization_fingerprint
+from tests.pgcluster import ThrowawayCluster
 from tests.pgtarget import PgTarget
 
 LOCAL = PushTargetPolicy(allow_insecure=True, allow_private=True)  # receivers on loopback
@@ -163,6 +164,12 @@ def env(
         app_name = f"mlpush_{target.schema}"
         monkeypatch.setenv("PGAPPNAME", app_name)  # libpq names every session of this test
         settings = Settings(data_dir=tmp_path / "data", database_url=target.ledger_url)
+    yield from _open_env(request.param, settings, tmp_path, app_name, admin_url)
+
+
+def _open_env(
+    name: str, settings: Settings, tmp_path: Path, app_name: str | None, admin_url: str | None
+) -> Iterator[Env]:
     ledger = open_ledger(settings)
     keys = FileKeyStore(tmp_path / "keys", rsa_bits=2048)
     keys.ensure_keys()
@@ -174,13 +181,25 @@ def env(
         resources=[],
         all_missions=True,
     )
-    opened = Env(request.param, settings, ledger, keys, receiver, app_name, admin_url)
+    opened = Env(name, settings, ledger, keys, receiver, app_name, admin_url)
     try:
         yield opened
     finally:
         for thing in reversed(opened.opened):
             thing.close()
         ledger.close()
+
+
+@pytest.fixture
+def restartable_env(tmp_path: Path) -> Iterator[tuple[Env, ThrowawayCluster]]:
+    """An Env on a PostgreSQL cluster of this test's own, which it may restart."""
+    cluster = ThrowawayCluster().start()
+    try:
+        settings = Settings(data_dir=tmp_path / "data", database_url=f"{cluster.url}?schema=ml")
+        for env in _open_env("postgres", settings, tmp_path, None, cluster.url):
+            yield env, cluster
+    finally:
+        cluster.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -907,6 +926,51 @@ def test_delivery_recovers_when_postgres_drops_every_session(env: Env) -> None:
             await deliverer.stop()
             await receiver.stop()
         check_delivered(receiver.of(url), expected)
+
+    run(scenario)
+
+
+@pytest.mark.postgres
+def test_delivery_resumes_after_postgres_restarts_mid_delivery(
+    restartable_env: tuple[Env, ThrowawayCluster],
+) -> None:
+    env, cluster = restartable_env
+    store = env.store()
+    gate = asyncio.Event()
+    seen = asyncio.Event()
+
+    async def held(hit: Hit, nth: int) -> web.StreamResponse:
+        if hit.event.get("state") == "v2" and nth == 1:
+            seen.set()
+            await gate.wait()  # PostgreSQL restarts while this request is in flight
+        return web.Response(status=202)
+
+    async def scenario() -> None:
+        receiver = await Receiver(held).start()
+        url = receiver.url()
+        stream_id = env.stream(url)
+        env.verify(stream_id, 6)
+        env.outbox()
+        before = queued(store, stream_id)
+        deliverer = await running(env, options())
+        try:
+            await asyncio.wait_for(seen.wait(), WAIT)
+            await asyncio.to_thread(cluster.restart)  # fast shutdown: every session is cut
+            gate.set()
+            await until(drained(store, stream_id), "every SET after the restart")
+            env.verify(stream_id, 2)  # the ledger and the outbox work on the restarted server
+            env.outbox()
+            after = [
+                r for r in queued(store, stream_id) if r["jti"] not in {b["jti"] for b in before}
+            ]
+            assert len(after) == 2
+            await until(drained(store, stream_id), "the SETs queued after the restart")
+            await until(lambda: deliverer.claimed, "the claim taken again")
+        finally:
+            gate.set()
+            await deliverer.stop()
+            await receiver.stop()
+        check_delivered(receiver.of(url), [*before, *after])
 
     run(scenario)
 

@@ -236,13 +236,15 @@ _WRITE_LOCKS_GUARD = threading.Lock()
 
 
 def _sqlite_write_lock(db_name: str) -> threading.Lock:
-    """The lock this process's writers of the SQLite file ``db_name`` take in turn."""
-    key = os.path.realpath(db_name)
-    with _WRITE_LOCKS_GUARD:
-        lock = _WRITE_LOCKS.get(key)
-        if lock is None:
-            lock = _WRITE_LOCKS[key] = threading.Lock()
-        return lock
+    """The lock this process's writers of the SQLite file ``db_name`` take in turn (one per
+    file, whatever path names it)."""
+    lock = _WRITE_LOCKS.get(db_name)
+    if lock is None:
+        with _WRITE_LOCKS_GUARD:
+            real = os.path.realpath(db_name)
+            lock = _WRITE_LOCKS.get(real) or threading.Lock()
+            _WRITE_LOCKS[real] = _WRITE_LOCKS[db_name] = lock
+    return lock
 
 
 class _SQLiteOutbox(SQLiteTrackingRecorder, OutboxBackend):
