@@ -23,6 +23,12 @@ algorithm × number of receivers N:
    outstanding (issued but not yet received, so the transmitter always has work and the backlog
    stays bounded); SETs/s received in the window after a warm-up.
 
+Once per backend (RS256), **one black-holed receiver among** ``--blackhole`` (20): N-1 healthy
+streams are measured as in 1., then again with receiver N-1's stream pointing at a socket that
+accepts connections and never reads or answers (each push to it holds a delivery slot until the
+10 s total timeout), then again without it; the healthy receivers' p99 with the black hole is
+judged against the worse of the two runs without it (within 1.25x: run-to-run noise here).
+
 Baselines measured in the same run: ``sign_set`` of the example ``mission-revoked`` SET with a
 key of the default size (RS256: ``keys.DEFAULT_RSA_BITS``) in 1 and 2 threads, for the
 configuration's algorithm, just before each fan-out window (the machine's speed drifts: a
@@ -48,6 +54,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -459,6 +466,64 @@ async def close_streams(b: Bench, streams: dict[int, str]) -> None:
     await bounded(len(streams), delete)
 
 
+async def open_blackhole_stream(b: Bench, alg: str, i: int, url: str) -> str:
+    """Receiver i's push stream to ``url`` (a socket that accepts and never answers)."""
+    config = await b.api.call(
+        "POST",
+        "/ssf/stream",
+        {
+            "description": f"bench-propagation black-holed receiver {i}",
+            "events_requested": EVENTS_REQUESTED,
+            "delivery": {"method": PUSH_METHOD, "endpoint_url": url},
+            "set_signing_alg": alg,
+        },
+        token=b.tokens[i],
+    )
+    return str(config["stream_id"])
+
+
+@dataclass
+class Blackhole:
+    """The healthy receivers' latency without, with, and again without a black-holed one."""
+
+    healthy: int
+    before: Latency
+    holed: Latency
+    after: Latency
+
+    def p99(self, latency: Latency) -> float:
+        return percentile(latency.all_ms, 0.99)
+
+    @property
+    def within_noise(self) -> bool:
+        """The p99 with the black hole is no worse than the worse of the two runs without it,
+        plus a quarter (the spread between two identical runs on this shared machine)."""
+        worst = max(self.p99(self.before), self.p99(self.after))
+        return self.holed.missing == 0 and self.p99(self.holed) <= 1.25 * worst
+
+
+async def measure_blackhole(b: Bench, alg: str, n: int, revocations: int) -> Blackhole:
+    """N-1 healthy streams measured alone, then with receiver N-1's stream pointing at a
+    black hole (the kernel completes the handshake; nobody reads or answers, so each attempt
+    holds a delivery slot until the total timeout), then alone again."""
+    healthy = n - 1
+    streams = await open_streams(b, alg, healthy)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1024)
+    try:
+        before = await measure_latency(b, healthy, revocations)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}/ssf/events"
+        holed_stream = await open_blackhole_stream(b, alg, healthy, url)
+        holed = await measure_latency(b, healthy, revocations)
+        await b.api.call("DELETE", f"/ssf/stream?stream_id={holed_stream}", token=b.tokens[healthy])
+        after = await measure_latency(b, healthy, revocations)
+    finally:
+        hole.close()
+        await close_streams(b, streams)
+    return Blackhole(healthy, before, holed, after)
+
+
 # -- 1. revoke → every receiver's 202 -----------------------------------------------------------
 
 
@@ -777,7 +842,7 @@ def run_backend(backend: str, args: argparse.Namespace, report: Report) -> None:
         receiver: ServerProcess | None = None
         try:
             token = server.token()
-            most = max(args.receivers)
+            most = max(*args.receivers, args.blackhole)
             progress(f"{backend}: {most} receiver principals and a Service principal")
             tokens, service = mint_principals(settings, most)
             config = {
@@ -894,6 +959,11 @@ async def _run_backend(
                 report.latency[(backend, alg, n)] = latency
                 report.fanout[(backend, alg, n)] = fanout
                 _config_rows(report, backend, alg, n, latency, fanout, poll_p50)
+        if args.blackhole:
+            alg = "RS256" if "RS256" in args.algs else args.algs[0]
+            progress(f"{backend} {alg}: one black-holed receiver among {args.blackhole}")
+            blackhole = await measure_blackhole(b, alg, args.blackhole, args.revocations)
+            _blackhole_rows(report, backend, alg, blackhole)
         report.rows[first_row:first_row] = _signing_rows(report, backend, args)
         final = await b.stats()
         if final["refused"] or final["duplicates"]:
@@ -993,6 +1063,38 @@ def _config_rows(
     )
 
 
+def _blackhole_rows(report: Report, backend: str, alg: str, bh: Blackhole) -> None:
+    n = bh.healthy + 1
+    cells = (
+        ("alone", bh.before),
+        ("+1 black-holed", bh.holed),
+        ("alone again", bh.after),
+    )
+    base = bh.p99(bh.before)
+    for label, latency in cells:
+        missing = f"; {latency.missing} MISSING" if latency.missing else ""
+        report.rows.append(
+            Row(
+                backend,
+                alg,
+                str(n),
+                f"revoke -> all {bh.healthy} healthy, {label}",
+                percentile(latency.all_ms, 0.5),
+                percentile(latency.all_ms, 0.99),
+                max(latency.all_ms, default=None),
+                ratio=percentile(latency.all_ms, 0.99) / base if base else None,
+                note=f"n={len(latency.all_ms)} revocations{missing}; vs base: p99 / the first "
+                "run's p99",
+            )
+        )
+    report.verdicts.append(
+        f"{backend}: one black-holed receiver among {n} leaves the other {bh.healthy}'s p99 "
+        f"within noise: {'PASS' if bh.within_noise else 'MISS'} -- p99 "
+        f"{bh.p99(bh.holed):.1f} ms with it, {bh.p99(bh.before):.1f} and "
+        f"{bh.p99(bh.after):.1f} ms without (bound: 1.25 x the worse of the two)"
+    )
+
+
 def verdicts(args: argparse.Namespace, report: Report) -> None:
     if "RS256" not in args.algs:
         report.verdicts.append("targets are stated for RS256: not measured (--algs)")
@@ -1055,6 +1157,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--push-concurrency", type=int, default=None, help="serve --push-concurrency"
     )
+    parser.add_argument(
+        "--blackhole",
+        type=int,
+        default=None,
+        help="receivers in the black-hole cell, one of them black-holed (default 20; 0: skip)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run (small N, short cells)")
     parser.add_argument(
         "--database-url", default=os.environ.get(ENV_URL), help=f"PostgreSQL URL (${ENV_URL})"
@@ -1062,6 +1170,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.receivers is None:
         args.receivers = "1,4" if args.quick else "1,10,100"
+    if args.blackhole is None:
+        args.blackhole = 4 if args.quick else 20
+    if args.blackhole == 1 or args.blackhole < 0:
+        parser.error("--blackhole takes 0 (skip) or at least 2 receivers")
     if args.quick:
         args.seconds = min(args.seconds, 1.5)
         args.revocations = min(args.revocations, 5)

@@ -34,6 +34,8 @@ def test_bench_propagation_quick_prints_the_table() -> None:
             "0.5",
             "--pollers",
             "1",
+            "--blackhole",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -51,6 +53,10 @@ def test_bench_propagation_quick_prints_the_table() -> None:
         "revoke -> receiver 202, each delivery",
         "revoke -> all 1 receivers' 202",
         "sustained fan-out, SETs delivered",
+        "revoke -> all 2 healthy, alone",
+        "revoke -> all 2 healthy, +1 black-holed",
+        "revoke -> all 2 healthy, alone again",
+        "one black-holed receiver among 3 leaves the other 2's p99 within noise",
     ):
         assert row in out, f"no {row!r} row in:\n{out}"
     assert "p50 ms" in out
