@@ -1061,6 +1061,17 @@ def _config_rows(
         f"other users' jobs); {fanout.window_sets:,} SETs in the window, "
         f"{fanout.backlog:,} outstanding at the end"
     )
+    if fanout.rate > 0:
+        server_ms = 1000 * fanout.server_cpu / fanout.rate
+        receiver_ms = 1000 * fanout.receiver_cpu / fanout.rate
+        floor = n * (server_ms + receiver_ms) / (os.cpu_count() or 1)
+        report.cpu.append(
+            f"  per SET delivered in that window: {server_ms:.2f} ms of server CPU (signing "
+            f"and the commands' own work included), {receiver_ms:.2f} ms of receiver CPU; at "
+            f"that cost one event to all {n} receivers takes "
+            f"{n * (server_ms + receiver_ms):.0f} ms of CPU, >= {floor:.0f} ms on these "
+            f"{os.cpu_count()} cores however it is scheduled"
+        )
 
 
 def _blackhole_rows(report: Report, backend: str, alg: str, bh: Blackhole) -> None:

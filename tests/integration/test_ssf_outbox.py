@@ -52,6 +52,7 @@ from mission_ledger.projections.contracts import (
     ddl_statements,
     resolve_projections,
 )
+from mission_ledger.ssf import outbox
 from mission_ledger.ssf.keys import FileKeyStore
 from mission_ledger.ssf.mission_events import (
     CAEP_SESSION_REVOKED,
@@ -72,7 +73,7 @@ from mission_ledger.ssf.mission_events import (
     needs_authority_changed_capability,
 )
 from mission_ledger.ssf.outbox import STREAM_UPDATED, VERIFICATION, OutboxWorker
-from mission_ledger.ssf.outbox_store import OutboxPage, OutboxStore, QueuedSet
+from mission_ledger.ssf.outbox_store import OutboxPage, OutboxStore, QueuedSet, Signature
 from tests.integration.contract_fixtures import (
     APPROVER,
     ERP,
@@ -1027,17 +1028,27 @@ def test_a_big_page_commits_unsigned_rows_and_signs_them_in_queue_order(
         real(self, signatures)
 
     monkeypatch.setattr(OutboxStore, "store_signatures", spy)
+    monkeypatch.setattr(outbox, "STORE_EVERY", 3)
     worker = env.worker(sign_chunk=2)
     worker.add_listener(heard.append)
+    offered: list[list[Signature]] = []
+    worker.add_signature_listener(offered.append)
     assert worker.run_once() == 7
-    # The page committed 2 signed rows and 5 unsigned ones; then chunks of 2, 2 and 1.
+    # The page committed 2 signed rows and 5 unsigned ones; then chunks of 2, 2 and 1 were
+    # signed and offered at once, and stored when 3 or more had piled up, and at the end.
+    assert [[s.jti for s in chunk] for chunk in offered] == [
+        [r["jti"] for r in queued(store)[2:4]],
+        [r["jti"] for r in queued(store)[4:6]],
+        [r["jti"] for r in queued(store)[6:]],
+    ]
     assert [[signed for _, signed in snapshot] for snapshot in seen] == [
         [True, True, False, False, False, False, False],
-        [True, True, True, True, False, False, False],
         [True] * 6 + [False],
     ]
-    assert [len(h) for h in heard] == [2, 2, 2, 1]
+    assert [len(h) for h in heard] == [2, 4, 1]
     assert set().union(*heard) == set(streams)
+    stored = {r["jti"]: r["set_jwt"] for r in queued(store)}
+    assert all(stored[s.jti] == s.set_jwt for chunk in offered for s in chunk)  # the same bytes
     rows = queued(store)
     assert all(r["signed"] for r in rows)
     assert worker.retire_keys() == []
@@ -1069,7 +1080,8 @@ def test_a_crash_before_the_signatures_are_stored_keeps_the_jtis_and_signs_on_re
     assert store.position() == env.ledger.recorder.max_notification_id()
     unsigned = {r["jti"]: r["set_jwt"] for r in before if not r["signed"]}
     assert {u.jti for u in store.unsigned()} == set(unsigned)
-    # Readers stop at a stream's first unsigned row: polls and push batches offer nothing.
+    # Polls stop at a stream's first unsigned row; push batches flag it (the deliverer sends
+    # only a signature the worker offered it, and stops there otherwise).
     batches = store.push.batches(streams, 10)
     heads = {h.stream_id: h.seq for h in store.push.heads()}
     for row in before:
@@ -1077,8 +1089,8 @@ def test_a_crash_before_the_signatures_are_stored_keeps_the_jtis_and_signs_on_re
         assert more == bool(row["signed"])
         batch = batches[row["stream_id"]]
         assert batch is not None
-        assert [i.jti for i in batch.items] == ([row["jti"]] if row["signed"] else [])
-        assert heads[row["stream_id"]] == (row["seq"] if row["signed"] else None)
+        assert [(i.jti, i.signed) for i in batch.items] == [(row["jti"], bool(row["signed"]))]
+        assert heads[row["stream_id"]] == row["seq"]  # the deliverer resolves it (or waits)
     # A rotation meanwhile: the rest is signed with the active key, its claims unchanged.
     old = env.keys.active("ES256").kid
     new = env.keys.rotate("ES256").kid

@@ -727,6 +727,62 @@ def test_batches_read_many_streams_at_once_each_from_its_head(env: Env) -> None:
         store.push.batches([busy], 0)
 
 
+def test_offered_signatures_are_pushed_before_they_are_stored_and_re_signed_alike(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = env.store()
+
+    async def scenario() -> None:
+        receiver = await Receiver().start()
+        urls = [receiver.url(f"s{n}") for n in range(12)]
+        streams = [env.stream(url) for url in urls]
+        for stream_id in streams:
+            env.verify(stream_id, 1)  # one page of 12 SETs: 4 signed before its commit
+        deliverer = await running(env, options())
+        worker = OutboxWorker(env.ledger, env.settings, env.keys, sign_chunk=4)
+        worker.add_listener(deliverer.notify_threadsafe)
+        worker.add_signature_listener(deliverer.offer_threadsafe)
+        offered: dict[str, str] = {}
+        worker.add_signature_listener(lambda sigs: offered.update({s.jti: s.set_jwt for s in sigs}))
+
+        def killed(self: OutboxStore, signatures: Any) -> None:
+            raise RuntimeError("killed before the signatures were stored")
+
+        monkeypatch.setattr(OutboxStore, "store_signatures", killed)
+        try:
+            with pytest.raises(RuntimeError, match="killed"):
+                await asyncio.to_thread(worker.run_once)
+            worker.close()
+            assert len(offered) == 8
+            await until(lambda: {h.jti for h in receiver.hits} >= set(offered), "the offered 8")
+            rows = {r["jti"]: r for s in streams for r in queued(store, s)}
+            unsigned = {j: r for j, r in rows.items() if not r["signed"]}
+            assert set(unsigned) <= set(offered)  # never stored, yet delivered
+            for hit in receiver.hits:
+                if hit.jti in offered:
+                    assert hit.body == offered[hit.jti].encode()
+            # A new worker signs what was left unsigned again: the same bytes as were sent.
+            monkeypatch.undo()
+            again: dict[str, str] = {}
+            with OutboxWorker(env.ledger, env.settings, env.keys) as restarted:
+                restarted.add_signature_listener(
+                    lambda sigs: again.update({s.jti: s.set_jwt for s in sigs})
+                )
+                await asyncio.to_thread(restarted.run_once)
+            assert set(again) == set(unsigned)
+            assert all(again[jti] == offered[jti] for jti in again)
+            await until(drained(store, *streams), "every stream")
+        finally:
+            await deliverer.stop()
+            await receiver.stop()
+        assert len({h.jti for h in receiver.hits}) == 12
+        for url in urls:
+            ((hit, *more),) = [receiver.of(url)]
+            assert all(h.body == hit.body for h in more)
+
+    run(scenario)
+
+
 def test_one_black_holed_receiver_does_not_hold_up_nineteen_others(env: Env) -> None:
     store = env.store()
     hole = socket.socket()

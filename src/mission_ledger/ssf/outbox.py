@@ -26,15 +26,19 @@ rows and re-reads them (the page may or may not have committed).
 **Signing in chunks.** Every row's claims, ``jti`` and key are fixed when its page commits; the
 signature may come just after. The page's first ``sign_chunk`` (16) SETs are signed before the
 commit; the others are written unsigned — ``set_jwt`` holding the JWS Signing Input,
-``signed`` false — and signed right after the commit, ``sign_chunk`` per transaction
-(:meth:`.outbox_store.OutboxStore.store_signatures`), in queue order, the next chunk signing
-while the current one is written; listeners hear of each chunk as it commits. So a revocation
-that reaches a hundred streams is on its way to the first receivers after 16 signatures, not
-100. Nothing reads an unsigned row as a SET: polls and push batches stop at a stream's first
-unsigned row (:func:`.outbox_tables.signed_prefix`). A crash between the commit and the
-signatures leaves unsigned rows, which the next step reads back
-(:meth:`.outbox_store.OutboxStore.unsigned`) and signs before folding on — the same jtis, the
-same claims; a key rotated out meanwhile is replaced in the header by the active one.
+``signed`` false — and signed right after the commit, ``sign_chunk`` at a time, in queue
+order, the next chunk signing while the current one is handed over: each chunk goes at once to
+the signature listeners (the push deliverer sends it), and the signatures are stored
+(:meth:`.outbox_store.OutboxStore.store_signatures`) every 256 and at the end, after which the
+listeners hear of their streams (the poll endpoint reads them then). So a revocation that
+reaches a hundred streams is on its way to the first receivers after 16 signatures, not 100,
+and costs two or three transactions, not one per chunk. Sending a signature before it is
+stored is safe because signing is deterministic (RFC 6979 nonces for ES256): a crash between
+the commit and the store leaves unsigned rows, which the next step reads back
+(:meth:`.outbox_store.OutboxStore.unsigned`) and signs again, to the same bytes, before
+folding on — the same jtis, the same claims, the same SETs; a key rotated out meanwhile is
+replaced in the header by the active one. Polls never offer an unsigned row; the deliverer
+sends one only with the signature it was offered (:mod:`.push`).
 
 Signing runs in the worker thread (never on an event loop), with ``keys.active(alg)`` of each
 stream's ``signing_alg`` (RS256 by default, ES256 per stream); a chunk with at least 8 RS256
@@ -91,6 +95,7 @@ __all__ = [
     "VERIFICATION",
     "Listener",
     "OutboxWorker",
+    "SignatureListener",
 ]
 
 LOG = logging.getLogger("mission_ledger.ssf.outbox")
@@ -105,12 +110,15 @@ OUTBOX_TOPICS: tuple[str, ...] = (
 RETIRE_INTERVAL = 30.0  # seconds between key-retirement checks while idle
 MAX_PAGE_SETS = 2000  # a page stops folding once it caused this many SETs (bounded signing work)
 PARALLEL_SIGNING_MIN = 8  # RS256 SETs in a chunk from which signing uses the thread pool
-SIGN_CHUNK = 16  # SETs signed before a page commits, then per transaction after it
+SIGN_CHUNK = 16  # SETs signed before a page commits, then handed over at a time after it
+STORE_EVERY = 256  # signatures of a page stored per transaction (and at its end)
 MAX_BACKOFF = 5.0
 _WHERE = "the SSF outbox (ledger or outbox store)"
 
 #: ``callback(stream_ids)``: the streams a committed page queued SETs for
 Listener = Callable[[set[str]], None]
+#: ``callback(signatures)``: SETs of committed rows, signed, their signatures not yet stored
+SignatureListener = Callable[[list[Signature]], None]
 
 
 class OutboxWorker:
@@ -155,6 +163,7 @@ class OutboxWorker:
             tables="the SSF outbox's",
         )
         self._listeners: list[Listener] = []
+        self._signature_listeners: list[SignatureListener] = []
         self._listeners_lock = threading.Lock()
         self._position: int | None = None  # None: read the tracking row on the next step
         self._streams: dict[str, FoldedStream] | None = None  # None: load on the next step
@@ -181,6 +190,14 @@ class OutboxWorker:
     def position(self) -> int:
         """The position this worker last wrote (or read); 0 before its first run."""
         return self._position or 0
+
+    def add_signature_listener(self, callback: SignatureListener) -> None:
+        """Call ``callback(signatures)`` as soon as a chunk of SETs written unsigned is signed,
+        before the signatures are stored (from the worker thread: keep it short). Their rows
+        are committed; a crash before the store makes the worker sign them again, to the same
+        bytes (see :func:`~.rfc8417_set.sign_signing_input`)."""
+        with self._listeners_lock:
+            self._signature_listeners.append(callback)
 
     def add_listener(self, callback: Listener) -> None:
         """Call ``callback(stream_ids)`` after every committed page or signature chunk that made
@@ -328,23 +345,32 @@ class OutboxWorker:
         return len(rows), new_position < head
 
     def _sign_pending(self) -> None:
-        """Sign the queued SETs written unsigned, ``sign_chunk`` per transaction, in queue
-        order; listeners hear of each chunk as it commits. The next chunk is signed (in the
-        pool) while the current one is written."""
+        """Sign the queued SETs written unsigned, ``sign_chunk`` at a time, in queue order, the
+        next chunk signing (in the pool) while the current one is handed over. Each chunk goes
+        to the signature listeners at once (the push deliverer sends it before it is stored:
+        signatures are deterministic, so a SET signed again after a crash has the same bytes);
+        the signatures are stored every ``STORE_EVERY`` and at the end, in one transaction
+        each, and then the listeners hear of their streams (the poll endpoint reads them)."""
         if self._pending is None:
             self._pending = self._store.unsigned()
         if not self._pending:
             return
         keys = {alg: self.keys.active(alg) for alg in SUPPORTED_ALGORITHMS}
         chunk = self.sign_chunk
-        ahead = self._sign_async(self._pending[:chunk], keys)
-        while self._pending:
+        signed: list[Signature] = []
+        rest = self._pending
+        ahead = self._sign_async(rest[:chunk], keys)
+        while rest:
             signatures = ahead()
-            rest = self._pending[chunk:]
+            rest = rest[chunk:]
             ahead = self._sign_async(rest[:chunk], keys)
-            self._store.store_signatures(signatures)
-            self._pending = rest
-            self._notify({s.stream_id for s in signatures})
+            self._offer(signatures)
+            signed += signatures
+            if len(signed) >= STORE_EVERY or not rest:
+                self._store.store_signatures(signed)
+                self._pending = rest
+                self._notify({s.stream_id for s in signed})
+                signed = []
 
     def _sign(
         self, unsigned: Sequence[Unsigned], keys: Mapping[str, SigningKey]
@@ -392,6 +418,15 @@ class OutboxWorker:
             return wait
         tokens = [sign_signing_input(signing_input, used[kid]) for kid, signing_input in jobs]
         return lambda: signatures(tokens)
+
+    def _offer(self, signatures: list[Signature]) -> None:
+        with self._listeners_lock:
+            listeners = list(self._signature_listeners)
+        for listener in listeners:
+            try:
+                listener(list(signatures))
+            except Exception:
+                LOG.exception("an SSF outbox signature listener failed (ignored)")
 
     def _notify(self, stream_ids: set[str]) -> None:
         with self._listeners_lock:

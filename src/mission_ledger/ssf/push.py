@@ -43,6 +43,14 @@ waiting for a retry sleeps on a timer; and a scan every ``scan_interval`` (0.5 s
 written by a separately running ``mission-ledger worker``, status changes, new or changed
 endpoints and dead letters an operator redelivered.
 
+**Signatures before they are stored.** A big page's SETs are committed unsigned and signed just
+after, chunk by chunk (:mod:`.outbox`); the worker offers each chunk's signatures here
+(:meth:`PushDeliverer.offer_threadsafe`) before it stores them, and a stream task reading such
+a row sends the offered bytes. That is safe because the row — its claims and ``jti`` — is
+committed, and signing is deterministic: if the process dies before the store, the worker signs
+the row again to the same bytes. A row whose signature is neither stored nor offered ends the
+batch; its stream waits for the offer or the store.
+
 **One deliverer per store.** A deliverer claims the queue before delivering — a PostgreSQL
 session advisory lock (checked every few seconds, taken again after a lost connection), or an
 exclusive lock on ``<data_dir>/ssf-push.lock`` for SQLite — so two servers never push the same
@@ -63,7 +71,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, ParamSpec, TypeVar
 
@@ -75,7 +83,7 @@ from ..domain.errors import InvalidInput
 from ..errors import Unavailable, first_line
 from ..projections.errors import AnotherWorkerActive
 from ..projections.runner import advisory_lock_key, release_session_locks
-from .outbox_store import OutboxStore
+from .outbox_store import OutboxStore, Signature
 from .push_queue import Delivered, Failed, Outcome, PushBatch, PushHead, PushItem, PushTarget
 from .rfc8935_push import Attempt, Kind, push_once
 from .ssrf import PushTargetPolicy, guarded_session
@@ -96,6 +104,7 @@ CLAIM_CHECK_INTERVAL = 2.0  # seconds between checks that the claim still holds
 STANDBY_INTERVAL = 2.0  # seconds between attempts to take a claim another deliverer holds
 MAX_STORE_BACKOFF = 5.0  # seconds: the longest wait before re-reading after a store error
 MIN_SCAN_GAP = 0.05  # seconds between two scans (wake-ups for unknown streams are coalesced)
+FRESH_FOR = 30.0  # seconds an offered (signed, not yet stored) signature is kept at most
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -456,6 +465,8 @@ class PushDeliverer:
         self._main: asyncio.Task[None] | None = None
         self._lanes: dict[str, _Lane] = {}
         self._push_streams: set[str] = set()
+        # jti -> (compact JWS, stream id, time.monotonic() offered): signed, not yet stored
+        self._fresh: dict[str, tuple[str, str, float]] = {}
         self._scan_now = asyncio.Event()
         self._stopping = False
         self._rng = random.SystemRandom()
@@ -523,6 +534,49 @@ class PushDeliverer:
             self._executor.shutdown(wait=True)
         self.claimed = False
 
+    def offer_threadsafe(self, signatures: list[Signature]) -> None:
+        """SETs the outbox just signed, whose signatures are not stored yet (call from any
+        thread): their streams are delivered now, with these bytes."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed between the check and here
+            loop.call_soon_threadsafe(self._on_signed, signatures)
+
+    def _on_signed(self, signatures: list[Signature]) -> None:
+        if self._stopping or not self.claimed:
+            return
+        now = time.monotonic()
+        for signature in signatures:
+            self._fresh[signature.jti] = (signature.set_jwt, signature.stream_id, now)
+        self._on_new_sets(frozenset(s.stream_id for s in signatures))
+
+    def _signed(self, batch: PushBatch) -> PushBatch:
+        """The batch up to its first SET whose signature is neither stored nor offered."""
+        items = []
+        for item in batch.items:
+            if item.signed:
+                self._fresh.pop(item.jti, None)
+            else:
+                fresh = self._fresh.get(item.jti)
+                if fresh is None:
+                    break
+                item = replace(item, set_jwt=fresh[0], signed=True)
+            items.append(item)
+        return replace(batch, items=items)
+
+    def _forget_offers(self, scanned_at: float) -> None:
+        """Drop offered signatures no stream task will use: of streams that a scan begun after
+        the offer did not find among the live push streams (poll streams, deleted ones), and
+        any older than ``FRESH_FOR``."""
+        stale = time.monotonic() - FRESH_FOR
+        for jti in [
+            jti
+            for jti, (_, stream_id, at) in self._fresh.items()
+            if at < stale or (at < scanned_at and stream_id not in self._push_streams)
+        ]:
+            del self._fresh[jti]
+
     def notify_threadsafe(self, stream_ids: set[str]) -> None:
         """The outbox worker queued SETs for ``stream_ids`` (call from any thread)."""
         loop = self._loop
@@ -589,6 +643,7 @@ class PushDeliverer:
                 await asyncio.sleep(backoff)
                 continue
             self._apply_scan(heads)
+            self._forget_offers(last)
             if time.monotonic() - checked >= CLAIM_CHECK_INTERVAL:
                 checked = time.monotonic()
                 try:
@@ -662,6 +717,11 @@ class PushDeliverer:
                     lane.status = batch.target.status
                     lane.endpoint_url = batch.target.endpoint_url
                     lane.secret_updated_at = batch.secret_updated_at
+                    batch = self._signed(batch)
+                    if not batch.items:  # its head awaits its signature: offer_threadsafe
+                        if lane.refresh.is_set() or lane.new_sets:
+                            continue
+                        return
                     await self._deliver_batch(lane, batch)
                     backoff = 0.0
                 except Unavailable as error:
@@ -699,8 +759,8 @@ class PushDeliverer:
         writes: list[asyncio.Future[bool]] = []
         lane.sent.clear()
         for item in batch.items:
-            if self._stopping or lane.refresh.is_set():
-                break
+            if self._stopping or lane.refresh.is_set() or not item.signed:
+                break  # (an unsigned item never reaches here: _signed cut the batch before it)
             lane.current_seq = item.seq
             if item.next_attempt_at is not None and not _reconfigured(lane, batch.target, item):
                 wait = (item.next_attempt_at - self.now()).total_seconds()

@@ -32,7 +32,7 @@ from ..domain.errors import InvalidInput, NotFound
 from ..domain.stream import ENABLED, PUSH
 from ..domain.timefmt import format_rfc3339
 from ..projections.views import store_errors
-from .outbox_tables import WHERE, OutboxBackend, from_db_time, signed_prefix
+from .outbox_tables import WHERE, OutboxBackend, from_db_time
 
 __all__ = [
     "Delivered",
@@ -72,7 +72,10 @@ class PushTarget:
 
 @dataclass(frozen=True)
 class PushItem:
-    """One queued SET to push (``set_jwt`` is sent byte-identical on every attempt)."""
+    """One queued SET to push (``set_jwt`` is sent byte-identical on every attempt).
+
+    ``signed`` False: ``set_jwt`` is still the SET's JWS Signing Input (its signature may be
+    known to the deliverer before it is stored; else the stream waits here)."""
 
     seq: int
     jti: str
@@ -82,6 +85,7 @@ class PushItem:
     attempts: int
     slow_attempts: int
     next_attempt_at: datetime | None
+    signed: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ class PushQueue:
         One statement; each head is found through the live-rows index ``(stream_id, seq)``."""
         b = self._b
         statement = (
-            "SELECT h.stream_id, h.status, h.endpoint_url, h.head, q.next_attempt_at, q.signed, "
+            "SELECT h.stream_id, h.status, h.endpoint_url, h.head, q.next_attempt_at, "
             "k.updated_at AS secret_updated_at FROM ("
             "SELECT s.stream_id, s.status, s.endpoint_url, ("
             "SELECT q2.seq FROM {queue} q2 WHERE q2.stream_id = s.stream_id "
@@ -156,7 +160,7 @@ class PushQueue:
                 stream_id=row["stream_id"],
                 status=row["status"],
                 endpoint_url=row["endpoint_url"],
-                seq=None if row["head"] is None or not row["signed"] else int(row["head"]),
+                seq=None if row["head"] is None else int(row["head"]),
                 next_attempt_at=_maybe_time(row["next_attempt_at"]),
                 secret_updated_at=_maybe_time(row["secret_updated_at"]),
             )
@@ -165,7 +169,7 @@ class PushQueue:
 
     def batches(self, stream_ids: Sequence[str], limit: int) -> dict[str, PushBatch | None]:
         """For each stream: its target and up to ``limit`` deliverable SETs from its head, in
-        order (up to the first SET not yet signed); None when it is not a live push stream
+        order (those not yet signed included, flagged); None when it is not a live push stream
         (deleted, revoked, switched to poll). One snapshot, three statements for all of them
         (``IN`` lists of at most 500 ids), so waking a hundred streams costs one read."""
         if limit < 1:
@@ -237,8 +241,9 @@ class PushQueue:
                     attempts=int(row["attempts"]),
                     slow_attempts=int(row["slow_attempts"]),
                     next_attempt_at=_maybe_time(row["next_attempt_at"]),
+                    signed=bool(row["signed"]),
                 )
-                for row in signed_prefix(by_rows.get(stream_id, []))
+                for row in by_rows.get(stream_id, [])
             ]
             updated = _maybe_time(secret["updated_at"]) if secret else None
             result[stream_id] = PushBatch(target, items, updated)

@@ -39,8 +39,11 @@ import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from ..errors import (
     InvalidSetAudience,
@@ -182,7 +185,11 @@ def sign_signing_input(signing_input: str, key: SigningKey) -> str:
     """The compact JWS: ``signing_input`` (from :func:`set_signing_input`, header naming
     ``key``) "." the signature (RS256: RSASSA-PKCS1-v1_5 with SHA-256; ES256: ECDSA P-256 with
     SHA-256 as the 64-byte ``R || S``, RFC 7518 §3.3-3.4). CPU-bound; raises ``ValueError``
-    when the input's header does not name ``key``."""
+    when the input's header does not name ``key``.
+
+    Deterministic: the same key and input always give the same bytes (PKCS #1 v1.5 is; ECDSA
+    takes its nonce from RFC 6979 instead of a random source), so a SET signed again after a
+    crash is byte-identical to one that may already have been sent."""
     header_b64, _, payload_b64 = signing_input.partition(".")
     if not payload_b64 or "." in payload_b64:
         raise ValueError("a JWS Signing Input is two base64url parts joined by one '.'")
@@ -192,7 +199,16 @@ def sign_signing_input(signing_input: str, key: SigningKey) -> str:
             f"the signing input's header names {header.get('alg')} key {header.get('kid')!r}, "
             f"not {key.alg} key {key.kid!r}"
         )
-    signature = _ALGORITHMS[key.alg].sign(signing_input.encode("ascii"), key.private_key)
+    data = signing_input.encode("ascii")
+    private = key.private_key
+    if isinstance(private, rsa.RSAPrivateKey) and key.alg == "RS256":
+        signature = private.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(private, ec.EllipticCurvePrivateKey) and key.alg == "ES256":
+        der = private.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        r, s = decode_dss_signature(der)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:
+        raise ValueError(f"key {key.kid!r} is not an {key.alg} key")
     return f"{signing_input}.{_b64(signature)}"
 
 
@@ -217,9 +233,6 @@ def _b64(data: bytes) -> str:
 
 def _b64_json(value: Mapping[str, Any]) -> str:
     return _b64(json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8"))
-
-
-_ALGORITHMS = {alg: get_default_algorithms()[alg] for alg in SUPPORTED_ALGORITHMS}
 
 
 # --- Verifying --------------------------------------------------------------------------------
