@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ from mission_ledger.ssf.keys import FileKeyStore
 from mission_ledger.ssf.outbox import STREAM_UPDATED, VERIFICATION, OutboxWorker
 from mission_ledger.ssf.outbox_store import OutboxStore
 from mission_ledger.ssf.push import PushDeliverer, PushOptions, RetrySchedule
+from mission_ledger.ssf.push_queue import Delivered
 from mission_ledger.ssf.ssrf import PushTargetPolicy
 from mission_ledger.ssf.streams import authorization_fingerprint
 from tests.pgcluster import ThrowawayCluster
@@ -1029,6 +1031,41 @@ def test_delivery_resumes_after_postgres_restarts_mid_delivery(
         check_delivered(receiver.of(url), [*before, *after])
 
     run(scenario)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("env", ["postgres"], indirect=True)
+def test_push_outcomes_and_stored_signatures_lock_rows_in_one_order(env: Env) -> None:
+    """Two writers changing the same queue rows in opposite orders would deadlock (PostgreSQL
+    cancels one after ``deadlock_timeout``: an outcome lost, a SET pushed again). Both take
+    their row locks in ``seq`` order, so one simply waits for the other."""
+    store, other = env.store(), env.store()
+    stream_id = env.stream("https://hooks.example.com/ssf")
+    env.verify(stream_id, 3)
+    env.outbox()
+    first, second, third = (row["seq"] for row in queued(store, stream_id))
+    errors: list[BaseException] = []
+    recorded = threading.Event()
+
+    def record() -> None:  # outcomes in completion order: the later row first
+        try:
+            store.push.record([Delivered(third), Delivered(second)], datetime.now(UTC))
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+        finally:
+            recorded.set()
+
+    b = other._b
+    with b.writing() as tx:
+        tx.lock_queue_rows("seq", [second])  # held while the outcomes are being written
+        thread = threading.Thread(target=record)
+        thread.start()
+        time.sleep(0.3)  # the writer now waits for `second`, holding nothing else
+        tx.execute(b.sql("UPDATE {queue} SET attempts = attempts WHERE seq = ?"), [third])
+    thread.join(timeout=WAIT)
+    assert recorded.is_set()
+    assert errors == []
+    assert [row["seq"] for row in queued(store, stream_id)] == [first]
 
 
 def _terminate_sessions(env: Env) -> int:

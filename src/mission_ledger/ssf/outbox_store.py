@@ -559,6 +559,7 @@ class OutboxStore:
         Rows gone meanwhile (a stream deleted) or already signed are left alone."""
         b = self._b
         with store_errors(WHERE), b.writing() as tx:
+            tx.lock_queue_rows("jti", [s.jti for s in signatures])
             tx.executemany(
                 b.sql(
                     "UPDATE {queue} SET set_jwt = ?, kid = ?, signed = ? "

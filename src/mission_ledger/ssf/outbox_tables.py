@@ -91,6 +91,20 @@ class OutboxTx:
         if rows:
             self.backend.run_many(self.cursor, statement, rows)
 
+    def lock_queue_rows(self, column: str, values: Sequence[Any]) -> None:
+        """Lock the queue rows whose ``column`` is in ``values``, in ``seq`` order, before
+        changing them. Every writer that changes several queue rows of other writers' streams
+        (the push outcomes, the stored signatures) takes its row locks in that one order, so on
+        PostgreSQL they wait for one another instead of deadlocking (and being cancelled after
+        ``deadlock_timeout``). SQLite locks the whole database: nothing to do."""
+        if values and self.backend.backend_name() == "postgres":
+            self.execute(
+                self.backend.sql(
+                    f"SELECT seq FROM {{queue}} WHERE {column} = ANY(?) ORDER BY seq FOR UPDATE"  # noqa: S608
+                ),
+                [list(values)],
+            )
+
     def expect_position(self, expected: int) -> None:
         current = self.backend.lock_tracking_row(self.cursor) or 0
         if current != expected:

@@ -261,6 +261,7 @@ class PushQueue:
         delivered = [(o.seq,) for o in outcomes if isinstance(o, Delivered)]
         failed = [o for o in outcomes if isinstance(o, Failed)]
         with store_errors(WHERE), b.writing() as tx:
+            tx.lock_queue_rows("seq", [o.seq for o in outcomes])
             tx.executemany(b.sql("DELETE FROM {queue} WHERE seq = ?"), delivered)
             tx.executemany(
                 b.sql(
