@@ -774,6 +774,7 @@ def test_offered_signatures_are_pushed_before_they_are_stored_and_re_signed_alik
             assert set(again) == set(unsigned)
             assert all(again[jti] == offered[jti] for jti in again)
             await until(drained(store, *streams), "every stream")
+            assert deliverer._fresh == {}  # offered signatures are let go once delivered
         finally:
             await deliverer.stop()
             await receiver.stop()

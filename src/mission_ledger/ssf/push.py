@@ -779,6 +779,7 @@ class PushDeliverer:
             if attempt.kind is Kind.DELIVERED:
                 self.delivered += 1
                 lane.sent.add(item.seq)
+                self._fresh.pop(item.jti, None)  # its row goes: nobody reads it again
                 writes.append(self._writer.submit(Delivered(item.seq)))
                 continue
             writes.append(self._writer.submit(self._failed(batch.target, item, attempt)))
