@@ -316,6 +316,38 @@ def test_refused_500_and_429_then_everything_arrives_in_order_with_the_header(
     run(push_server, scenario)
 
 
+def test_a_revocation_to_more_streams_than_a_signing_chunk_reaches_all_in_order(
+    push_server: Server,
+) -> None:
+    """24 streams: each Mission event is one outbox page of 24 SETs, of which 16 are signed
+    before the page commits and 8 after it (handed to the deliverer, then stored)."""
+
+    async def scenario(c: Client) -> None:
+        receiver = Receiver(c, "receiver", SSF_ISSUER)
+        await receiver.discover()
+        endpoint = await Endpoint(receiver).start()
+        names = [f"many{n}" for n in range(24)]
+        try:
+            for name in names:
+                await endpoint.create(name, MISSION_TYPES)
+            mission = await _mission(c)
+            for name in ("suspend", "resume", "revoke"):
+                reply = await c.post(f"/missions/{mission}/{name}", {}, as_="operator")
+                assert reply.status == 200, reply.text
+            await endpoint.mission_events(c, mission, *names)
+            await until(lambda: endpoint.complete(*names), "every stream's SETs")
+        finally:
+            await endpoint.stop()
+        for name in names:
+            endpoint.check(name)
+            assert len(endpoint.expected[name]) == 4  # approved, suspended, resumed, revoked
+        settings = _settings(push_server)
+        with OutboxStore.open(settings, pool_size=1) as store:
+            assert store.unsigned() == []  # every signature was stored too
+
+    run(push_server, scenario)
+
+
 def test_invalid_request_is_dead_lettered_then_redelivered_with_the_cli(
     push_server: Server,
 ) -> None:
