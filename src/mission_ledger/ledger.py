@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,6 +198,42 @@ def _fingerprint(command: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(canonicalize({"command": command, "args": args})).hexdigest()
 
 
+class CommitSignal:
+    """Wakes this process's log followers when the ledger commits here.
+
+    The authorization view and the embedded workers follow the notification log by polling it;
+    commits made in this process (every HTTP command) wake them at once through this signal,
+    so they can poll slowly while nothing happens. Writers in other processes (a CLI command on
+    the same SQLite file, another server on the same PostgreSQL) are still seen by the polls."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """How many commits this process has signalled (compare with :meth:`wait`'s answer)."""
+        return self._count
+
+    def notify(self) -> None:
+        with self._cond:
+            self._count += 1
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wake every waiter without a commit (a follower stopping)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for a commit after ``seen`` (a :attr:`count` read
+        before the caller last looked at the log); returns the count now."""
+        with self._cond:
+            if self._count == seen:
+                self._cond.wait(max(timeout, 0.0))
+            return self._count
+
+
 class MissionLedger(Application[UUID]):
     """The write side of the Authority."""
 
@@ -216,6 +253,7 @@ class MissionLedger(Application[UUID]):
         app_env.update(env or {})
         super().__init__(env=app_env)
         self.committer = GroupCommitter(self._save_events, enabled=self.settings.group_commit)
+        self.commits = CommitSignal()
 
     @property
     def issuer(self) -> str:
@@ -238,6 +276,7 @@ class MissionLedger(Application[UUID]):
         if not events:
             return None
         recordings = self.committer.commit(events)
+        self.commits.notify()
         self._snapshot_if_due(aggregates, recordings)
         return max(r.notification.id for r in recordings)
 

@@ -606,6 +606,28 @@ def test_run_forever_follows_new_commands(env: Store) -> None:
     assert reports[-1].position <= store.position()
 
 
+def test_a_commit_in_this_process_wakes_a_worker_however_slowly_it_polls(env: Store) -> None:
+    worker = env.worker(poll_interval=60.0)  # PostgreSQL: NOTIFY wakes it; else the ledger
+    store = env.store()
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.05)  # it has caught up and waits (60 s unless woken)
+        mission = open_mission(env.ledger)
+        target = env.ledger.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + 20  # a bound for a loaded machine, far below 60 s
+        while store.position() < target:
+            assert time.monotonic() < deadline, "the commit did not wake the worker"
+            time.sleep(0.01)
+        assert mission in store.authorization_rows()[0]
+    finally:
+        stop.set()
+        env.ledger.commits.wake()
+        thread.join(timeout=70)
+    assert not thread.is_alive()
+
+
 # ---------------------------------------------------------------------------------------------
 # The DDL contract and the command line
 # ---------------------------------------------------------------------------------------------

@@ -1099,3 +1099,39 @@ def test_loading_from_views_falls_back_to_the_log(
     assert load_rows_from_views(ahead, ledger) == expected
     assert load_rows_from_views(unreadable, ledger) == expected
     assert missions[0] in expected[0]
+
+
+# -- following the log: woken by this process's commits, polling slowly when idle -------------
+
+
+def test_the_commit_signal_counts_commits_and_wakes_waiters(ledger: MissionLedger) -> None:
+    signal = ledger.commits
+    seen = signal.count
+    assert signal.wait(seen, 0.0) == seen  # nothing committed: the timeout, nothing more
+    open_mission(ledger)
+    assert signal.count > seen
+    assert signal.wait(seen, 30.0) == signal.count  # a commit since `seen`: no wait at all
+    woken: list[int] = []
+    waiter = threading.Thread(target=lambda: woken.append(signal.wait(signal.count, 30.0)))
+    waiter.start()
+    time.sleep(0.05)
+    open_mission(ledger, agent="agent-2")
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    assert woken == [signal.count]
+
+
+def test_a_commit_in_this_process_wakes_the_view_however_slowly_it_polls(
+    ledger: MissionLedger,
+) -> None:
+    live = LiveAuthorizationView(ledger, poll_interval=60.0, idle_interval=60.0)
+    live.start()
+    try:
+        time.sleep(0.05)  # the view's thread now waits (60 s unless woken)
+        mission = open_mission(ledger)
+        assert live.wait_for(position(ledger), timeout=10.0)  # long before its next poll
+        assert check(live, ledger, mission).decision == "allow"
+    finally:
+        live.stop()  # stop wakes it too: its thread ends instead of sleeping out the 60 s
+    assert live._thread is not None
+    assert not live._thread.is_alive()

@@ -69,6 +69,11 @@ def advisory_lock_key(schema: str, projection: str = PROJECTION_NAME) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+#: seconds between two looks at a SQLite log when nothing in this process committed (a CLI
+#: command writing the same file is seen within this; the process's own commits at once)
+SQLITE_FOLLOW_INTERVAL = 0.02
+
+
 class WorkerClaim:
     """A worker's exclusive claim on its tables: a PostgreSQL session lock (no-op on SQLite).
 
@@ -92,13 +97,19 @@ class WorkerClaim:
         self.projection = projection
         self.holder = holder
         self.tables = tables
+        self._commits = ledger.commits
+        self._seen = 0  # the ledger's commit count when the worker last looked at the log
 
     @property
     def postgres(self) -> bool:
         return self.settings.backend() == "postgres"
 
     def acquire(self) -> None:
-        """Take the lock (again, if its connection was lost); AnotherWorkerActive if held."""
+        """Take the lock (again, if its connection was lost); AnotherWorkerActive if held.
+
+        Called before each look at the log: it also notes the ledger's commit count, so that
+        :meth:`wait` returns at once for a commit made meanwhile."""
+        self._seen = self._commits.count
         if not self.postgres or (self.conn is not None and not self.conn.closed):
             return
         self.release()
@@ -132,10 +143,13 @@ class WorkerClaim:
         self.conn = conn
 
     def wait(self, seconds: float, stop: threading.Event) -> None:
-        """Sleep until ``seconds`` pass, ``stop`` is set or (PostgreSQL) the ledger NOTIFYs."""
+        """Sleep until ``seconds`` pass, ``stop`` is set or the ledger commits: PostgreSQL
+        NOTIFYs every commit; elsewhere a commit in this process wakes the worker at once, and
+        other processes' commits are polled for at least every ``SQLITE_FOLLOW_INTERVAL``."""
         conn = self.conn
         if conn is None or not self.channel:
-            stop.wait(seconds)
+            if not stop.is_set():
+                self._commits.wait(self._seen, max(seconds, SQLITE_FOLLOW_INTERVAL))
             return
         try:
             for _ in conn.notifies(timeout=max(seconds, LISTEN_WAIT), stop_after=1):

@@ -47,7 +47,9 @@ per 2048-bit signature on this machine). ES256 signs an order of magnitude faste
 worth the hand-off. ``iat`` and the queue's ``created_at`` come from the ledger's clock.
 
 **Wake-ups.** PostgreSQL: the worker's lock connection LISTENs on the ledger's NOTIFY channel,
-so a commit wakes it at once; SQLite: it polls every ``poll_interval``. After every committed
+so a commit wakes it at once; SQLite: a commit in this process wakes it at once (the
+ledger's ``CommitSignal``), other processes' commits are polled for (``poll_interval``, at
+least every 20 ms: ``runner.SQLITE_FOLLOW_INTERVAL``). After every committed
 page or chunk that made SETs deliverable, listeners (:meth:`OutboxWorker.add_listener`) hear
 which streams got them — the long-poll endpoint and the push deliverer use that to act at
 once.
