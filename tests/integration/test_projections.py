@@ -623,7 +623,7 @@ def test_a_commit_in_this_process_wakes_a_worker_however_slowly_it_polls(env: St
         assert mission in store.authorization_rows()[0]
     finally:
         stop.set()
-        env.ledger.commits.wake()
+        open_mission(env.ledger, agent="agent-9")  # a commit wakes it to see the stop
         thread.join(timeout=70)
     assert not thread.is_alive()
 
