@@ -37,7 +37,12 @@ from eventsourcing.persistence import (
     Tracking,
 )
 from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteTrackingRecorder
+from eventsourcing.sqlite import (
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+    SQLiteTrackingRecorder,
+)
 from eventsourcing.utils import Environment
 
 from ..config import Settings
@@ -338,6 +343,28 @@ def _sqlite_errors() -> Iterator[None]:
         raise PersistenceError(error) from error
 
 
+@contextmanager
+def immediate_transaction(datastore: SQLiteDatastore) -> Iterator[SQLiteCursor]:
+    """A SQLite write transaction begun with ``BEGIN IMMEDIATE`` (the database's write lock
+    taken before anything is read), committed when the block ends, rolled back if it raises;
+    failures to begin or commit raise as :func:`_sqlite_errors` maps them."""
+    with datastore.get_connection(commit=True) as conn:
+        cursor: SQLiteCursor = conn.cursor()
+        try:
+            with _sqlite_errors():
+                cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+                with _sqlite_errors():
+                    conn.commit()
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    conn.rollback()
+                raise
+        finally:
+            cursor.sqlite_cursor.close()
+
+
 class SQLiteViews(SQLiteTrackingRecorder, Views):
     """The views in ``<data_dir>/views.sqlite3`` (library table ``tracking`` + the view tables)."""
 
@@ -371,21 +398,8 @@ class SQLiteViews(SQLiteTrackingRecorder, Views):
     def writing(self) -> Iterator[ViewTx]:
         # BEGIN IMMEDIATE takes the write lock before the tracking row is read, so the
         # compare-and-set cannot interleave with another writer (a deferred BEGIN could).
-        with self.datastore.get_connection(commit=True) as conn:
-            cursor = conn.cursor()
-            try:
-                with _sqlite_errors():
-                    cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    with _sqlite_errors():
-                        yield _SQLiteTx(self, cursor)
-                        conn.commit()
-                except BaseException:
-                    with suppress(sqlite3.Error):
-                        conn.rollback()
-                    raise
-            finally:
-                cursor.sqlite_cursor.close()
+        with immediate_transaction(self.datastore) as cursor, _sqlite_errors():
+            yield _SQLiteTx(self, cursor)
 
     @contextmanager
     def reading(self) -> Iterator[Fetch]:

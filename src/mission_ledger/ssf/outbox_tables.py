@@ -20,18 +20,17 @@ row cannot interleave with another writer. The DDL comes from
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..config import Settings
@@ -41,6 +40,7 @@ from ..projections.errors import AnotherWorkerActive
 from ..projections.views import (
     _quote,
     _sqlite_errors,
+    immediate_transaction,
     open_tracking_store,
     tracking_env,
 )
@@ -326,22 +326,9 @@ class _SQLiteOutbox(SQLiteTrackingRecorder, OutboxBackend):
         # deliverer's and the poll endpoint's short transactions would stall one another.
         with (
             _sqlite_write_lock(self.datastore.pool.db_name),
-            self.datastore.get_connection(commit=True) as conn,
+            immediate_transaction(self.datastore) as cursor,
         ):
-            cursor: SQLiteCursor = conn.cursor()
-            try:
-                with _sqlite_errors():
-                    cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    yield OutboxTx(self, cursor)
-                    with _sqlite_errors():
-                        conn.commit()
-                except BaseException:
-                    with suppress(sqlite3.Error):
-                        conn.rollback()
-                    raise
-            finally:
-                cursor.sqlite_cursor.close()
+            yield OutboxTx(self, cursor)
 
     @contextmanager
     def reading(self) -> Iterator[Fetch]:
