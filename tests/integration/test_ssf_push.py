@@ -956,21 +956,27 @@ def test_a_new_endpoint_or_authorization_is_tried_at_once_not_at_the_scheduled_t
     run(scenario)
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("env", ["postgres"], indirect=True)
-def test_delivery_recovers_when_postgres_drops_every_session(env: Env) -> None:
-    store = env.store()
-    gate = asyncio.Event()
-    seen = asyncio.Event()
+def holding_v2(gate: asyncio.Event, seen: asyncio.Event) -> Behaviour:
+    """Accept every SET, but hold the first arrival of verification ``v2`` (setting ``seen``)
+    until ``gate`` opens: the store is disrupted while that request is in flight."""
 
     async def held(hit: Hit, nth: int) -> web.StreamResponse:
         if hit.event.get("state") == "v2" and nth == 1:
             seen.set()
-            await gate.wait()  # the store "restarts" while this request is in flight
+            await gate.wait()
         return web.Response(status=202)
 
+    return held
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("env", ["postgres"], indirect=True)
+def test_delivery_recovers_when_postgres_drops_every_session(env: Env) -> None:
+    store = env.store()
+    gate, seen = asyncio.Event(), asyncio.Event()
+
     async def scenario() -> None:
-        receiver = await Receiver(held).start()
+        receiver = await Receiver(holding_v2(gate, seen)).start()
         url = receiver.url()
         stream_id = env.stream(url)
         env.verify(stream_id, 6)
@@ -999,17 +1005,10 @@ def test_delivery_resumes_after_postgres_restarts_mid_delivery(
 ) -> None:
     env, cluster = restartable_env
     store = env.store()
-    gate = asyncio.Event()
-    seen = asyncio.Event()
-
-    async def held(hit: Hit, nth: int) -> web.StreamResponse:
-        if hit.event.get("state") == "v2" and nth == 1:
-            seen.set()
-            await gate.wait()  # PostgreSQL restarts while this request is in flight
-        return web.Response(status=202)
+    gate, seen = asyncio.Event(), asyncio.Event()
 
     async def scenario() -> None:
-        receiver = await Receiver(held).start()
+        receiver = await Receiver(holding_v2(gate, seen)).start()
         url = receiver.url()
         stream_id = env.stream(url)
         env.verify(stream_id, 6)
