@@ -100,7 +100,7 @@ ALLOW, DENY = "allow", "deny"
 SUBJECT_MISMATCH = "subject_mismatch"
 PAGE_SIZE = 500
 ERROR_BACKOFF_SECONDS = 0.1
-IDLE_AFTER_SECONDS = 1.0  # the view polls every poll_interval until the log was quiet this long
+IDLE_AFTER_SECONDS = 1.0  # poll every poll_interval until other processes were quiet this long
 AGENTPASS_VERSION = "0.1"
 EVALUATIONS_SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 
@@ -384,11 +384,12 @@ class LiveAuthorizationView:
     until it reaches a given one (a writer's ``CommandResult.position``).
 
     Polling: a commit in this process wakes the view at once (the ledger's
-    :class:`~.ledger.CommitSignal`); otherwise it polls every ``poll_interval`` (2 ms) while the
-    log is busy and every ``idle_interval`` (20 ms) once it has been quiet for a second. So an
-    idle server does not spend a tenth of a core polling, and a write by another process (a CLI
-    command, another server on the same PostgreSQL) is seen within 2 ms while busy, 20 ms when
-    it is the first in a second.
+    :class:`~.ledger.CommitSignal`); otherwise it polls every ``poll_interval`` (2 ms) while
+    other processes write to the log (a poll found events that no commit here announced in the
+    last second) and every ``idle_interval`` (20 ms) otherwise. So neither an idle server nor
+    one busy with its own commands spends a tenth of a core polling, and a write by another
+    process (a CLI command, another server on the same PostgreSQL) is seen within 2 ms while
+    such writes keep coming, 20 ms when it is the first in a second.
     """
 
     def __init__(
@@ -446,7 +447,8 @@ class LiveAuthorizationView:
 
     def _run(self) -> None:
         failing = False
-        active = time.monotonic()  # when the log last had something new
+        active = float("-inf")  # when a poll last found events no commit here announced
+        previous = -1  # the commit count at the previous poll
         while not self._stop.is_set():
             seen = self._ledger.commits.count  # before polling: a commit after it wakes the wait
             try:
@@ -461,9 +463,10 @@ class LiveAuthorizationView:
                 log.info("authorization view: polling recovered at position %d", self._position)
                 failing = False
             now = time.monotonic()
-            if got_any:
+            if got_any and seen == previous:  # another process wrote: keep polling briskly
                 active = now
-            else:  # commits in this process wake it at once; others are polled for
+            previous = seen
+            if not got_any:  # commits in this process wake it at once; others are polled for
                 idle = now - active >= IDLE_AFTER_SECONDS
                 self._ledger.commits.wait(
                     seen, self._idle_interval if idle else self._poll_interval

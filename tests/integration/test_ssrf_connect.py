@@ -1,10 +1,13 @@
 """The SSRF guard at connect time, on real loopback sockets.
 
 A real ``aiohttp`` server on 127.0.0.1 plays the receiver and records every request it gets; the
-guarded session pushes to it. Names resolve through :class:`ScriptedResolver` (a real
-``AbstractResolver``), never through public DNS: nothing here leaves loopback.
+push deliverer's :class:`~mission_ledger.ssf.push_client.PushClient` pushes to it. Names resolve
+through :class:`ScriptedResolver` (a real ``AbstractResolver``), never through public DNS:
+nothing here leaves loopback.
 
 Every refusal is shown two ways: the error the caller sees, and a receiver that got nothing.
+The HTTP/1.1 behaviour of the client itself (request bytes, keep-alive, answers, timeouts, TLS)
+is tested in ``test_push_client.py``.
 """
 
 from __future__ import annotations
@@ -14,16 +17,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
 
+from mission_ledger.ssf import push_client
+from mission_ledger.ssf.push_client import PushClient, PushConnectError
 from mission_ledger.ssf.ssrf import (
-    BlockedPushConnection,
     ForbiddenPushTarget,
-    PushRedirectRefused,
     PushTargetPolicy,
-    guarded_session,
+    is_forbidden_address,
     resolve_and_check,
 )
 from tests.unit.test_ssrf import PUBLIC_V4, ScriptedResolver
@@ -31,7 +33,7 @@ from tests.unit.test_ssrf import PUBLIC_V4, ScriptedResolver
 LOCAL = PushTargetPolicy(allow_insecure=True, allow_private=True)  # the demo's flags
 PUBLIC_ONLY = PushTargetPolicy(allow_insecure=True, allow_private=False)
 SET = b"eyJ0eXAiOiJzZWNldmVudCtqd3QifQ.e30.c2ln"
-HEADERS = {"Content-Type": "application/secevent+jwt", "Accept": "application/json"}
+HEADERS = [("Content-Type", "application/secevent+jwt"), ("Accept", "application/json")]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Receiver:
 
     port: int
     hits: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
+    peers: set[tuple[str, int]] = field(default_factory=set)  # client (address, port) seen
 
     def url(self, path: str = "/events", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -49,13 +52,19 @@ class Receiver:
 async def receiver() -> AsyncIterator[Receiver]:
     state = Receiver(port=0)
 
-    async def events(request: web.Request) -> web.Response:
+    def record(request: web.Request) -> None:
         state.hits.append((request.path, request.headers.get("Host", "")))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer is not None:
+            state.peers.add((peer[0], peer[1]))
+
+    async def events(request: web.Request) -> web.Response:
+        record(request)
         await request.read()
         return web.Response(status=202)
 
     async def moved(request: web.Request) -> web.Response:
-        state.hits.append((request.path, request.headers.get("Host", "")))
+        record(request)
         raise web.HTTPFound(request.query["to"])
 
     app = web.Application()
@@ -79,24 +88,24 @@ def run(scenario: Callable[[Receiver], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-async def push(session: aiohttp.ClientSession, url: str, **kwargs: object) -> int:
-    async with session.post(url, data=SET, headers=HEADERS, **kwargs) as response:  # type: ignore[arg-type]
-        return response.status
+async def push(client: PushClient, url: str) -> int:
+    answer = await client.post(url, SET, HEADERS)
+    return answer.status
 
 
-# -- IP literals: aiohttp connects to them without asking the resolver ---------------------------
+# -- IP literals: checked from the URL, without asking the resolver -------------------------------
 
 
 def test_an_ip_literal_url_is_checked_even_though_no_resolver_is_asked() -> None:
     async def scenario(target: Receiver) -> None:
         resolver = ScriptedResolver({})
-        async with guarded_session(PUBLIC_ONLY, resolver=resolver) as session:
+        async with PushClient(PUBLIC_ONLY, resolver=resolver) as client:
             with pytest.raises(ForbiddenPushTarget) as refused:
-                await push(session, target.url())
+                await push(client, target.url())
         assert refused.value.reason == "loopback"
         assert target.hits == []
-        async with guarded_session(LOCAL, resolver=resolver) as session:
-            assert await push(session, target.url()) == 202
+        async with PushClient(LOCAL, resolver=resolver) as client:
+            assert await push(client, target.url()) == 202
         assert target.hits == [("/events", f"127.0.0.1:{target.port}")]
         assert resolver.calls == []  # literals never reach the resolver
 
@@ -108,32 +117,72 @@ def test_an_ip_literal_url_is_checked_even_though_no_resolver_is_asked() -> None
 )
 def test_ipv6_literals_embedding_loopback_are_refused(host: str) -> None:
     async def scenario(target: Receiver) -> None:
-        async with guarded_session(PUBLIC_ONLY) as session:
+        resolver = ScriptedResolver({})
+        async with PushClient(PUBLIC_ONLY, resolver=resolver) as client:
             with pytest.raises(ForbiddenPushTarget):
-                await push(session, target.url(host=host))
+                await push(client, target.url(host=host))
         assert target.hits == []
-
-    run(scenario)
-
-
-def test_the_socket_factory_refuses_even_a_request_that_skips_the_middleware() -> None:
-    async def scenario(target: Receiver) -> None:
-        async with guarded_session(PUBLIC_ONLY) as session:
-            with pytest.raises(aiohttp.ClientConnectorError) as refused:
-                await push(session, target.url(), middlewares=())
-        assert isinstance(refused.value.os_error, BlockedPushConnection)
-        assert "loopback" in str(refused.value)
-        assert target.hits == []
+        assert resolver.calls == []
 
     run(scenario)
 
 
 def test_http_is_refused_at_connect_time_unless_allowed() -> None:
     async def scenario(target: Receiver) -> None:
-        async with guarded_session(PushTargetPolicy(allow_private=True)) as session:
+        async with PushClient(PushTargetPolicy(allow_private=True)) as client:
             with pytest.raises(ForbiddenPushTarget, match="allow-insecure-push"):
-                await push(session, target.url())
+                await push(client, target.url())
         assert target.hits == []
+
+    run(scenario)
+
+
+# -- every address is checked, whatever path it comes by -----------------------------------------
+
+
+def test_every_address_is_checked_literal_or_resolved() -> None:
+    """The policy is applied to each address the client would connect to: an IPv4-mapped
+    loopback literal (no lookup at all) and a name whose only address is loopback are both
+    refused, with the reason :func:`is_forbidden_address` gives."""
+
+    async def scenario(target: Receiver) -> None:
+        resolver = ScriptedResolver({"receiver.example.com": [["127.0.0.1"]]})
+        async with PushClient(PUBLIC_ONLY, resolver=resolver) as client:
+            with pytest.raises(ForbiddenPushTarget) as literal:
+                await push(client, target.url(host="[::ffff:127.0.0.1]"))
+            with pytest.raises(ForbiddenPushTarget) as resolved:
+                await push(client, target.url(host="receiver.example.com"))
+        assert literal.value.reason == is_forbidden_address("::ffff:127.0.0.1", PUBLIC_ONLY)
+        assert literal.value.reason == "IPv4-mapped loopback"
+        assert resolved.value.reason == is_forbidden_address("127.0.0.1", PUBLIC_ONLY)
+        assert resolved.value.reason == "loopback"
+        assert resolved.value.address == "127.0.0.1"
+        assert [call[0] for call in resolver.calls] == ["receiver.example.com"]
+        assert target.hits == []
+
+    run(scenario)
+
+
+def test_each_address_is_checked_again_before_its_connect_and_the_peer_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With an answer of two addresses where the first refuses the connection, the client
+    checks the first, fails over to the second, checks it, and checks the connected peer."""
+    checked: list[str] = []
+
+    def spy(ip: str, policy: PushTargetPolicy | None = None) -> str | None:
+        checked.append(str(ip))
+        return is_forbidden_address(ip, policy)
+
+    monkeypatch.setattr(push_client, "is_forbidden_address", spy)
+
+    async def scenario(target: Receiver) -> None:
+        # the receiver listens on 127.0.0.1 only: 127.0.0.2 on its port refuses the connection
+        resolver = ScriptedResolver({"receiver.example.com": [["127.0.0.2", "127.0.0.1"]]})
+        async with PushClient(LOCAL, resolver=resolver) as client:
+            assert await push(client, target.url(host="receiver.example.com")) == 202
+        assert checked == ["127.0.0.2", "127.0.0.1", "127.0.0.1"]
+        assert {address for address, _port in target.peers} == {"127.0.0.1"}
 
     run(scenario)
 
@@ -145,13 +194,13 @@ def test_a_name_resolving_to_loopback_is_refused_at_connect_time() -> None:
     async def scenario(target: Receiver) -> None:
         resolver = ScriptedResolver({"receiver.example.com": [["127.0.0.1"]]})
         url = target.url(host="receiver.example.com")
-        async with guarded_session(PUBLIC_ONLY, resolver=resolver) as session:
+        async with PushClient(PUBLIC_ONLY, resolver=resolver) as client:
             with pytest.raises(ForbiddenPushTarget) as refused:
-                await push(session, url)
+                await push(client, url)
         assert (refused.value.host, refused.value.address) == ("receiver.example.com", "127.0.0.1")
         assert target.hits == []
-        async with guarded_session(LOCAL, resolver=resolver) as session:
-            assert await push(session, url) == 202
+        async with PushClient(LOCAL, resolver=resolver) as client:
+            assert await push(client, url) == 202
         assert target.hits == [("/events", f"receiver.example.com:{target.port}")]
 
     run(scenario)
@@ -160,9 +209,9 @@ def test_a_name_resolving_to_loopback_is_refused_at_connect_time() -> None:
 def test_dns_rebinding_between_check_and_connect_is_refused() -> None:
     """The name passes the registration check with a public answer, then answers 127.0.0.1.
 
-    The guarded session does not trust the earlier check: it resolves through its own guarded
-    resolver and connects only to what that resolver checked, so the rebound answer is refused
-    and the loopback receiver is never reached.
+    The client does not trust the earlier check: it resolves through its own guarded resolver
+    and connects only to what that resolver checked, so the rebound answer is refused and the
+    loopback receiver is never reached.
     """
 
     async def scenario(target: Receiver) -> None:
@@ -170,9 +219,9 @@ def test_dns_rebinding_between_check_and_connect_is_refused() -> None:
         url = target.url(host="rebind.example.com")
         checked = await resolve_and_check("rebind.example.com", target.port, PUBLIC_ONLY, resolver)
         assert checked == [PUBLIC_V4]  # the registration check passed
-        async with guarded_session(PUBLIC_ONLY, resolver=resolver) as session:
+        async with PushClient(PUBLIC_ONLY, resolver=resolver) as client:
             with pytest.raises(ForbiddenPushTarget) as refused:
-                await push(session, url)
+                await push(client, url)
         assert refused.value.address == "127.0.0.1"
         assert [call[0] for call in resolver.calls] == ["rebind.example.com"] * 2
         assert target.hits == []
@@ -180,19 +229,21 @@ def test_dns_rebinding_between_check_and_connect_is_refused() -> None:
     run(scenario)
 
 
-def test_the_session_connects_to_the_address_its_own_resolver_checked() -> None:
+def test_the_client_connects_to_the_address_its_own_resolver_checked() -> None:
     """With private targets allowed, the same rebinding script reaches the loopback receiver:
     the connection went to the second (connect-time) answer, the one the guard checked, and not
-    to the public address of the earlier check."""
+    to the public address of the earlier check. The second push reuses the kept-alive
+    connection, so there is no third lookup."""
 
     async def scenario(target: Receiver) -> None:
         resolver = ScriptedResolver({"rebind.example.com": [[PUBLIC_V4], ["127.0.0.1"]]})
         await resolve_and_check("rebind.example.com", target.port, LOCAL, resolver)
-        async with guarded_session(LOCAL, resolver=resolver) as session:
-            assert await push(session, target.url(host="rebind.example.com")) == 202
-            assert await push(session, target.url(host="rebind.example.com")) == 202
+        async with PushClient(LOCAL, resolver=resolver) as client:
+            assert await push(client, target.url(host="rebind.example.com")) == 202
+            assert await push(client, target.url(host="rebind.example.com")) == 202
         assert len(target.hits) == 2
-        assert len(resolver.calls) == 2  # one check, one connect-time lookup (then cached)
+        assert len(target.peers) == 1  # one connection, kept alive
+        assert len(resolver.calls) == 2  # one check, one connect-time lookup
 
     run(scenario)
 
@@ -200,19 +251,19 @@ def test_the_session_connects_to_the_address_its_own_resolver_checked() -> None:
 def test_a_mixed_answer_is_refused_at_connect_time() -> None:
     async def scenario(target: Receiver) -> None:
         resolver = ScriptedResolver({"mixed.example.com": [[PUBLIC_V4, "127.0.0.1"]]})
-        async with guarded_session(PUBLIC_ONLY, resolver=resolver) as session:
+        async with PushClient(PUBLIC_ONLY, resolver=resolver) as client:
             with pytest.raises(ForbiddenPushTarget, match=r"127\.0\.0\.1"):
-                await push(session, target.url(host="mixed.example.com"))
+                await push(client, target.url(host="mixed.example.com"))
         assert target.hits == []
 
     run(scenario)
 
 
-def test_a_name_that_does_not_resolve_is_a_dns_error() -> None:
+def test_a_name_that_does_not_resolve_is_a_connect_error() -> None:
     async def scenario(target: Receiver) -> None:
-        async with guarded_session(LOCAL, resolver=ScriptedResolver({})) as session:
-            with pytest.raises(aiohttp.ClientConnectorDNSError):
-                await push(session, target.url(host="missing.example.com"))
+        async with PushClient(LOCAL, resolver=ScriptedResolver({})) as client:
+            with pytest.raises(PushConnectError, match=r"missing\.example\.com"):
+                await push(client, target.url(host="missing.example.com"))
         assert target.hits == []
 
     run(scenario)
@@ -221,34 +272,29 @@ def test_a_name_that_does_not_resolve_is_a_dns_error() -> None:
 # -- redirects are never followed ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("allow_redirects", [False, True])
-def test_a_redirect_to_the_metadata_service_is_not_followed(allow_redirects: bool) -> None:
-    """Even with private targets allowed (so 169.254.169.254 would pass the address check) and
-    even if a caller forgets ``allow_redirects=False``, the 302 is a failure and the session
-    never connects to the Location."""
+def test_a_redirect_to_the_metadata_service_is_not_followed() -> None:
+    """Even with private targets allowed (so 169.254.169.254 would pass the address check), the
+    client returns the 302 as the answer and never connects to the Location."""
 
     async def scenario(target: Receiver) -> None:
         location = "http://169.254.169.254/latest/meta-data/"
         url = target.url(f"/moved?to={location}")
-        async with guarded_session(LOCAL) as session:
-            with pytest.raises(PushRedirectRefused) as refused:
-                await push(session, url, allow_redirects=allow_redirects)
-        assert refused.value.status == 302
-        assert refused.value.location == location
-        assert isinstance(refused.value, aiohttp.ClientResponseError)
+        async with PushClient(LOCAL) as client:
+            answer = await client.post(url, SET, HEADERS)
+        assert answer.status == 302
+        assert answer.location == location
         assert target.hits == [("/moved", f"127.0.0.1:{target.port}")]
 
     run(scenario)
 
 
-@pytest.mark.parametrize("allow_redirects", [False, True])
-def test_a_redirect_to_another_reachable_server_is_not_followed(allow_redirects: bool) -> None:
+def test_a_redirect_to_another_reachable_server_is_not_followed() -> None:
     async def scenario(target: Receiver) -> None:
         async with receiver() as other:
             url = target.url(f"/moved?to={other.url()}")
-            async with guarded_session(LOCAL) as session:
-                with pytest.raises(PushRedirectRefused):
-                    await push(session, url, allow_redirects=allow_redirects)
+            async with PushClient(LOCAL) as client:
+                answer = await client.post(url, SET, HEADERS)
+            assert (answer.status, answer.location) == (302, other.url())
             assert other.hits == []  # the Location was never requested
         assert [path for path, _host in target.hits] == ["/moved"]
 

@@ -1135,3 +1135,45 @@ def test_a_commit_in_this_process_wakes_the_view_however_slowly_it_polls(
         live.stop()  # stop wakes it too: its thread ends instead of sleeping out the 60 s
     assert live._thread is not None
     assert not live._thread.is_alive()
+
+
+def test_the_view_polls_briskly_only_while_other_processes_write(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    """Commits in this process wake the view, so they never make it poll every 2 ms; events that
+    no commit here announced (another process on the same store: here a second ledger on the
+    same SQLite file) do, until they have been quiet for a while."""
+    here = MissionLedger(Settings(data_dir=tmp_path), clock=clock)
+    elsewhere = MissionLedger(Settings(data_dir=tmp_path), clock=clock)
+    live = LiveAuthorizationView(here, poll_interval=0.002, idle_interval=0.25)
+    polls = 0
+    poll_once = live._poll_once
+
+    def counted() -> int:
+        nonlocal polls
+        polls += 1
+        return poll_once()
+
+    live._poll_once = counted  # type: ignore[method-assign]
+    live.start()
+    try:
+        mission = open_mission(here)
+        assert live.wait_for(position(here), timeout=10.0)
+        time.sleep(0.05)
+        before = polls
+        time.sleep(0.5)
+        quiet_after_local = polls - before  # about two idle polls in half a second
+        assert quiet_after_local <= 10
+
+        other = open_mission(elsewhere, agent="agent-2")
+        assert live.wait_for(position(elsewhere), timeout=10.0)  # seen by a poll, not a signal
+        before = polls
+        time.sleep(0.3)
+        brisk_after_foreign = polls - before  # about 150 at 2 ms
+        assert brisk_after_foreign >= 20
+        assert check(live, here, mission).decision == "allow"
+        assert check(live, elsewhere, other).decision == "allow"
+    finally:
+        live.stop()
+        elsewhere.close()
+        here.close()

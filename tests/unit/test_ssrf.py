@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -20,7 +19,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from mission_ledger.errors import InvalidInput
 from mission_ledger.ssf.ssrf import (
     FIELD,
-    BlockedPushConnection,
     ForbiddenPushTarget,
     GuardedResolver,
     PushTargetPolicy,
@@ -28,7 +26,6 @@ from mission_ledger.ssf.ssrf import (
     check_endpoint,
     check_endpoint_blocking,
     check_url,
-    guarded_socket_factory,
     is_forbidden_address,
     resolve_and_check,
 )
@@ -526,26 +523,3 @@ def test_the_guarded_resolver_checks_literals_it_is_asked_about() -> None:
     with pytest.raises(ForbiddenPushTarget):
         asyncio.run(guard.resolve("127.0.0.1", 443))
     assert inner.calls == []
-
-
-def test_the_socket_factory_refuses_forbidden_destinations() -> None:
-    factory = guarded_socket_factory(STRICT)
-    for family, sockaddr in (
-        (socket.AF_INET, ("127.0.0.1", 80)),
-        (socket.AF_INET, ("169.254.169.254", 80)),
-        (socket.AF_INET6, ("::ffff:127.0.0.1", 80, 0, 0)),
-        (socket.AF_INET6, ("fe80::1%lo", 80, 0, 0)),
-    ):
-        with pytest.raises(BlockedPushConnection) as refused:
-            factory((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
-        assert isinstance(refused.value, OSError)
-        assert refused.value.errno == errno.EACCES
-    allowed = factory((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC_V4, 80)))
-    try:
-        assert allowed.family == socket.AF_INET
-    finally:
-        allowed.close()
-    loopback = guarded_socket_factory(PRIVATE_OK)(
-        (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 80))
-    )
-    loopback.close()

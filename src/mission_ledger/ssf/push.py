@@ -7,10 +7,10 @@ workers) and drains the SSF outbox's queue (:mod:`.push_queue`) into the receive
 (``seq``, the ledger's order): the head is pushed, and the next SET only after the head was
 accepted (any 2xx; the row is deleted) or dead-lettered. A failing head therefore blocks only its
 own stream. Requests across streams share one semaphore (``concurrency``, default 64) and ONE
-pooled :func:`~.ssrf.guarded_session` with separate connect and total timeouts (2 s / 10 s), so
-a slow or black-holed receiver holds at most one slot for at most the total timeout, and never
-delays the other streams while slots remain. A stream's task exists only while it has something
-to deliver; a task waiting for a retry holds no slot.
+pooled, SSRF-guarded :class:`~.push_client.PushClient` with separate connect and total timeouts
+(2 s / 10 s), so a slow or black-holed receiver holds at most one slot for at most the total
+timeout, and never delays the other streams while slots remain. A stream's task exists only
+while it has something to deliver; a task waiting for a retry holds no slot.
 
 **Status.** ``enabled``: every SET. ``paused``: held, except control SETs (stream-updated), which
 are delivered at once. ``disabled``: the outbox already dropped the queue; only control SETs are
@@ -75,7 +75,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, ParamSpec, TypeVar
 
-import aiohttp
 import psycopg
 
 from ..config import Settings
@@ -84,9 +83,10 @@ from ..errors import Unavailable, first_line
 from ..projections.errors import AnotherWorkerActive
 from ..projections.runner import advisory_lock_key, release_session_locks
 from .outbox_store import OutboxStore, Signature
+from .push_client import PushClient
 from .push_queue import Delivered, Failed, Outcome, PushBatch, PushHead, PushItem, PushTarget
 from .rfc8935_push import Attempt, Kind, push_once
-from .ssrf import PushTargetPolicy, guarded_session
+from .ssrf import PushTargetPolicy
 
 __all__ = [
     "PUSH_CLAIM",
@@ -457,7 +457,7 @@ class PushDeliverer:
         self._owns_store = store is None
         self._claim = PushClaim(settings)
         self._executor: ThreadPoolExecutor | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: PushClient | None = None
         self._slots: asyncio.Semaphore | None = None
         self._writer: _Writer | None = None
         self._reader: _Reader | None = None
@@ -484,17 +484,14 @@ class PushDeliverer:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store (unless given), the session, and start delivering in the background."""
+        """Open the store (unless given) and the HTTP client; start delivering in the background."""
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ssf-push")
         if self._store is None:
             self._store = await self._call(OutboxStore.open, self.settings, pool_size=4)
         o = self.options
-        self._session = guarded_session(
-            o.policy,
-            connect_timeout=o.connect_timeout,
-            total_timeout=o.total_timeout,
-            limit=o.concurrency,
+        self._client = PushClient(
+            o.policy, connect_timeout=o.connect_timeout, total_timeout=o.total_timeout
         )
         self._slots = asyncio.Semaphore(o.concurrency)
         self._writer = _Writer(self)
@@ -525,8 +522,8 @@ class PushDeliverer:
             await self._reader.stop()
         if self._writer is not None:
             await self._writer.stop()
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
         if self._executor is not None:
             await self._call(self._claim.release)
             if self._owns_store and self._store is not None:
@@ -790,13 +787,12 @@ class PushDeliverer:
             raise Unavailable("the outcomes of push attempts could not be written")
 
     async def _attempt(self, target: PushTarget, item: PushItem) -> Attempt:
-        assert self._session is not None
+        assert self._client is not None
         return await push_once(
-            self._session,
+            self._client,
             target.endpoint_url,
             item.set_jwt,
             target.authorization,
-            total_timeout=self.options.total_timeout,
             user_agent=self.user_agent,
         )
 

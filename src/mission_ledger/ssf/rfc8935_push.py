@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import aiohttp
-
-from .ssrf import BlockedPushConnection, ForbiddenPushTarget, PushRedirectRefused
+from .push_client import PushClient, PushConnectError, PushProtocolError, PushTimeout
+from .ssrf import ForbiddenPushTarget
 
 __all__ = [
     "PERMANENT_ERRORS",
@@ -53,7 +52,6 @@ PERMANENT_ERRORS = frozenset(
 #: errors a receiver-side fix (a refreshed key, new credentials, a grant) may clear
 SLOW_ERRORS = frozenset({"invalid_key", "authentication_failed", "access_denied"})
 FAST_STATUSES = frozenset({408, 425, 429})
-MAX_ERROR_BODY = 64 * 1024  # bytes of a 400 answer read to find err/description
 _MAX_DESCRIPTION = 300  # characters of a receiver's description kept in last_error
 
 
@@ -142,62 +140,53 @@ def classify_answer(
     return Attempt(Kind.SLOW, label, status, retry_after)
 
 
-def _failure(error: BaseException, total_timeout: float) -> Attempt:
-    """Classify what ``session.post`` raised (order matters: subclasses first)."""
+def _failure(error: BaseException, client: PushClient) -> Attempt:
+    """Classify what :meth:`PushClient.post` raised."""
     if isinstance(error, ForbiddenPushTarget):
         return Attempt(Kind.SLOW, f"push target refused: {error.description}")
-    if isinstance(error, PushRedirectRefused):
-        location = error.location
+    if isinstance(error, PushTimeout):
         return Attempt(
-            Kind.SLOW,
-            f"HTTP {error.status} redirect to {location!r} refused (never followed): the "
-            "receiver must update delivery.endpoint_url",
-            error.status,
+            Kind.FAST, f"timed out ({error.phase} timeout; total {client.total_timeout:g} s)"
         )
-    if isinstance(error, aiohttp.ClientConnectorError) and isinstance(
-        error.os_error, BlockedPushConnection
-    ):
-        return Attempt(Kind.SLOW, f"push target refused: {error.os_error.strerror}")
-    if isinstance(error, TimeoutError):  # connect or total (aiohttp's timeouts subclass it)
-        kind = "connect" if isinstance(error, aiohttp.ConnectionTimeoutError) else "total"
-        return Attempt(Kind.FAST, f"timed out ({kind} timeout; total {total_timeout:g} s)")
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return Attempt(Kind.FAST, f"cannot connect: {error.os_error.strerror or error.os_error}")
-    if isinstance(error, aiohttp.ClientError | OSError):
+    if isinstance(error, PushConnectError):
+        return Attempt(Kind.FAST, f"cannot connect: {error}"[:300])
+    if isinstance(error, PushProtocolError | OSError):
         text = str(error) or type(error).__name__
         return Attempt(Kind.FAST, f"network error: {type(error).__name__}: {text}"[:300])
+    if isinstance(error, ValueError):  # a header the client refuses to send
+        return Attempt(Kind.SLOW, f"not sent: {error}"[:300])
     return Attempt(Kind.FAST, f"unexpected error: {type(error).__name__}")
 
 
 async def push_once(
-    session: aiohttp.ClientSession,
+    client: PushClient,
     endpoint_url: str,
     set_jwt: str,
     authorization: str | None,
     *,
-    total_timeout: float,
     user_agent: str,
 ) -> Attempt:
     """POST one SET to ``endpoint_url`` and classify the outcome (never raises for the
     receiver's behaviour; cancellation propagates)."""
-    headers = {
-        "Content-Type": SET_CONTENT_TYPE,
-        "Accept": "application/json",
-        "User-Agent": user_agent,
-    }
+    headers = [
+        ("Content-Type", SET_CONTENT_TYPE),
+        ("Accept", "application/json"),
+        ("User-Agent", user_agent),
+    ]
     if authorization is not None:
-        headers["Authorization"] = authorization  # verbatim (SSF §6.1.1); a secret
+        headers.append(("Authorization", authorization))  # verbatim (SSF §6.1.1); a secret
     try:
-        async with session.post(
-            endpoint_url, data=set_jwt.encode("ascii"), headers=headers, allow_redirects=False
-        ) as response:
-            status = response.status
-            body = b""
-            if status == 400:
-                body = await response.content.read(MAX_ERROR_BODY)
-            retry_after = None
-            if not 200 <= status < 300:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return classify_answer(status, body, retry_after, response.reason)
+        answer = await client.post(endpoint_url, set_jwt.encode("ascii"), headers)
     except Exception as error:  # classified: the receiver's or the network's doing
-        return _failure(error, total_timeout)
+        return _failure(error, client)
+    status = answer.status
+    if 300 <= status < 400:
+        return Attempt(
+            Kind.SLOW,
+            f"HTTP {status} redirect to {answer.location!r} refused (never followed): the "
+            "receiver must update delivery.endpoint_url",
+            status,
+            parse_retry_after(answer.retry_after),
+        )
+    retry_after = None if 200 <= status < 300 else parse_retry_after(answer.retry_after)
+    return classify_answer(status, answer.body, retry_after, answer.reason)

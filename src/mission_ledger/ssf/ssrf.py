@@ -34,22 +34,14 @@ inside an IPv6 one (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::a9fe:a9fe``, 6to4 ``2
 A host name is refused if **any** of its A/AAAA records is forbidden: the attacker controls the
 DNS answer, so a mixed answer is refused rather than filtered.
 
-**How rebinding is defeated.** Checking a name and then letting the HTTP client resolve it again
-checks the wrong answer. :func:`guarded_session` instead builds an ``aiohttp`` session whose
-connector resolves through :class:`GuardedResolver`: the answer that is checked is the answer the
-connector connects to, with no second lookup in between (the connector's DNS cache holds only
-checked answers). Two more layers close what the resolver cannot see:
-
-1. a client middleware checks every request (each redirect hop included) before it is sent with
-   :func:`check_url` (scheme, host syntax, and IP-literal hosts, which ``aiohttp`` connects to
-   *without* calling the resolver) and refuses proxies; and it refuses to follow any redirect: a
-   3xx answer raises :class:`PushRedirectRefused` (RFC 8935 success is 202; callers should still
-   pass ``allow_redirects=False``). Userinfo is refused at registration only: ``aiohttp`` turns
-   it into an ``Authorization`` header before middlewares run;
-2. a socket factory checks the address of every socket the connector opens, so even a request
-   that skips the middleware (``middlewares=()``) or a future ``aiohttp`` path cannot connect to a
-   forbidden address; it raises :class:`BlockedPushConnection` (an ``OSError``, which ``aiohttp``
-   reports as ``ClientConnectorError``).
+**How rebinding is defeated.** Checking a name and then letting an HTTP client resolve it again
+checks the wrong answer. The push deliverer's client (:class:`~.push_client.PushClient`) instead
+resolves through :class:`GuardedResolver`, which returns an answer only when every address in it
+passed the check, and connects to exactly those addresses, with no second lookup in between (its
+DNS cache holds only checked answers). Around that, the client checks every request's URL with
+:func:`check_url` (scheme, userinfo, host syntax, and IP-literal hosts, which need no lookup),
+checks each address again just before connecting to it and the connected peer after, never
+uses a proxy, and never follows a redirect (a 3xx is a failed attempt).
 
 The check at stream creation/update (:func:`check_endpoint`) is the early, friendly refusal; the
 check at connect time is the one that counts, because DNS can change at any moment after
@@ -62,10 +54,9 @@ receiver on ``http://127.0.0.1``; neither belongs in production. The same
 :class:`PushTargetPolicy` must reach both the stream service and the push deliverer.
 
 **Using it.** At registration: ``check_endpoint`` (async) or ``check_endpoint_blocking`` (from
-an executor thread) on the receiver's URL. For delivery: one :func:`guarded_session` per
-process; ``session.post(url, data=set_jwt, headers=..., allow_redirects=False)``. A forbidden
-target surfaces from ``session.post`` as :class:`ForbiddenPushTarget` itself (it is *not* an
-``aiohttp.ClientError``, so catch it first), a redirect as :class:`PushRedirectRefused`.
+an executor thread) on the receiver's URL. For delivery: one
+:class:`~.push_client.PushClient` per process, created with the same policy; a forbidden target
+surfaces from its ``post`` as :class:`ForbiddenPushTarget`.
 
 Errors, all with ``field="delivery.endpoint_url"``::
 
@@ -73,12 +64,11 @@ Errors, all with ``field="delivery.endpoint_url"``::
     ├── ForbiddenPushTarget (400)    code forbidden_push_target: the target (address) is refused;
     │                                details ``host``, ``address``, ``reason``
     └── UnresolvablePushTarget (400) code unresolvable_push_target: the name has no address
-                                     (at registration; at connect time aiohttp's DNS error)
-    PushRedirectRefused              an aiohttp ClientResponseError: the receiver answered 3xx
-    BlockedPushConnection            an OSError (EACCES) from the socket factory (the last line);
-                                     aiohttp raises ClientConnectorError with it as os_error
+                                     (at registration; at connect time the client's
+                                     PushConnectError)
 
-Requires ``aiohttp >= 3.12`` (client middlewares and ``TCPConnector(socket_factory=...)``).
+The resolvers are ``aiohttp``'s (:class:`~aiohttp.abc.AbstractResolver`): its
+``ThreadedResolver`` (``getaddrinfo``) by default, and tests inject scripted ones.
 """
 
 from __future__ import annotations
@@ -88,12 +78,11 @@ import errno
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Final
 
-import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
@@ -105,19 +94,14 @@ __all__ = [
     "INSECURE_FLAG",
     "MAX_URL_LENGTH",
     "PRIVATE_FLAG",
-    "BlockedPushConnection",
     "ForbiddenPushTarget",
     "GuardedResolver",
-    "PushRedirectRefused",
     "PushTargetPolicy",
     "UnresolvablePushTarget",
     "check_endpoint",
     "check_endpoint_blocking",
     "check_url",
-    "guarded_session",
-    "guarded_socket_factory",
     "is_forbidden_address",
-    "push_guard_middleware",
     "resolve_and_check",
 ]
 
@@ -171,19 +155,6 @@ class UnresolvablePushTarget(InvalidInput):
     def __init__(self, description: str, *, host: str) -> None:
         super().__init__(description, field=FIELD, host=host)
         self.host = host
-
-
-class PushRedirectRefused(aiohttp.ClientResponseError):
-    """The receiver answered 3xx; the guarded session never follows a redirect."""
-
-    @property
-    def location(self) -> str | None:
-        """The ``Location`` the receiver asked for (never requested)."""
-        return None if self.headers is None else self.headers.get("Location")
-
-
-class BlockedPushConnection(PermissionError):
-    """The socket factory refused to open a socket to a forbidden address (the last line)."""
 
 
 # -- classification -------------------------------------------------------------------------------
@@ -416,7 +387,8 @@ def check_url(url: object, policy: PushTargetPolicy) -> str:
 
     IP-literal hosts are checked against the policy here; host names are checked for syntax
     only (use :func:`check_endpoint` to resolve them as well). The URL is parsed with ``yarl``,
-    the parser ``aiohttp`` itself uses, so the host checked is the host connected to.
+    the parser the push client builds its request from, so the host checked is the host
+    connected to.
 
     :raise InvalidInput: (``field="delivery.endpoint_url"``) the URL is malformed or not
         allowed; :class:`ForbiddenPushTarget` when its host is a forbidden address.
@@ -507,18 +479,18 @@ def _check_answer(host: str, answer: Iterable[ResolveResult], policy: PushTarget
 
 
 class GuardedResolver(AbstractResolver):
-    """An ``aiohttp`` resolver that returns only answers whose every address passed the check.
+    """A resolver that returns only answers whose every address passed the check.
 
-    ``aiohttp``'s ``TCPConnector`` connects to exactly the addresses its resolver returns, so
-    checking inside the resolver checks the addresses actually connected to (no second lookup:
-    DNS rebinding between check and connect is impossible).
+    The push client connects to exactly the addresses this resolver returns, so checking inside
+    the resolver checks the addresses actually connected to (no second lookup: DNS rebinding
+    between check and connect is impossible).
 
     :param policy: the operator's :class:`PushTargetPolicy`.
     :param inner: the resolver that does the lookup; default a ``ThreadedResolver``
         (``getaddrinfo``), created on first use. An ``inner`` passed in is closed by its owner.
     :raise ForbiddenPushTarget: from :meth:`resolve`, when any address is forbidden.
     :raise OSError: from :meth:`resolve`, when the name does not resolve or has no address
-        (``aiohttp`` reports it as ``ClientConnectorDNSError``).
+        (the push client reports it as ``PushConnectError``).
     """
 
     def __init__(self, policy: PushTargetPolicy, inner: AbstractResolver | None = None) -> None:
@@ -532,7 +504,7 @@ class GuardedResolver(AbstractResolver):
         """Resolve ``host`` with the inner resolver and return the answer only if all of it is
         allowed."""
         literal = _ip_literal(host)
-        if literal is not None:  # aiohttp never asks for literals; other callers might
+        if literal is not None:  # checked without a lookup
             _check_literal(host, literal, self.policy)
             return [_numeric(host, literal, port)]
         if self._inner is None:
@@ -612,99 +584,3 @@ def check_endpoint_blocking(
     Runs its own event loop, so it must not be called from a coroutine.
     """
     return asyncio.run(check_endpoint(url, policy, resolver))
-
-
-# -- the guarded session -------------------------------------------------------------------------
-
-
-def guarded_socket_factory(policy: PushTargetPolicy) -> Callable[[tuple[Any, ...]], socket.socket]:
-    """A ``TCPConnector(socket_factory=...)`` that refuses sockets to forbidden addresses."""
-
-    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
-        family, kind, proto, _canonname, sockaddr = addr_info
-        address = str(sockaddr[0])
-        reason = is_forbidden_address(address, policy)
-        if reason is not None:
-            raise BlockedPushConnection(
-                errno.EACCES, f"push connection to {address} refused ({reason})"
-            )
-        return socket.socket(family=family, type=kind, proto=proto)
-
-    return factory
-
-
-def push_guard_middleware(policy: PushTargetPolicy) -> aiohttp.ClientMiddlewareType:
-    """A client middleware that checks every request and refuses every redirect.
-
-    Before sending: the URL passes :func:`check_url` (scheme, userinfo, IP-literal hosts, which
-    ``aiohttp`` connects to without asking the resolver) and no proxy is used. After: a 3xx
-    answer is released and raised as :class:`PushRedirectRefused`, so it is never followed
-    whatever ``allow_redirects`` says.
-    """
-
-    async def guard(
-        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        host = request.url.raw_host
-        if request.proxy is not None:
-            raise ForbiddenPushTarget(
-                "push requests are never sent through a proxy", host=host, reason="proxy"
-            )
-        try:
-            check_url(str(request.url), policy)
-        except ForbiddenPushTarget:
-            raise
-        except InvalidInput as exc:
-            raise ForbiddenPushTarget(exc.description, host=host, reason="url") from None
-        response = await handler(request)
-        if 300 <= response.status < 400:
-            response.release()
-            raise PushRedirectRefused(
-                response.request_info,
-                (),
-                status=response.status,
-                message=(
-                    f"the push endpoint answered {response.status} (Location: "
-                    f"{response.headers.get('Location')!r}); redirects are never followed: "
-                    f"the receiver must update {FIELD}"
-                ),
-                headers=response.headers,
-            )
-        return response
-
-    return guard
-
-
-def guarded_session(
-    policy: PushTargetPolicy,
-    *,
-    connect_timeout: float = 5.0,
-    total_timeout: float = 30.0,
-    limit: int = 100,
-    resolver: AbstractResolver | None = None,
-) -> aiohttp.ClientSession:
-    """The ``ClientSession`` for push delivery: it can connect only to allowed addresses.
-
-    Call it inside a running event loop (e.g. an app's ``cleanup_ctx``) and close it when done.
-    The connector resolves through :class:`GuardedResolver` (``resolver`` is its inner resolver:
-    tests inject one), opens sockets through :func:`guarded_socket_factory` and every request
-    passes :func:`push_guard_middleware`. No proxy from the environment, no cookies; TLS
-    certificates are verified (``aiohttp``'s default). Callers pass ``allow_redirects=False``
-    (a 3xx raises :class:`PushRedirectRefused` either way).
-
-    :param connect_timeout: seconds for one TCP connect (``ClientTimeout.sock_connect``).
-    :param total_timeout: seconds for a whole request, DNS and body included.
-    :param limit: the connection pool size.
-    """
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(policy, resolver),
-        socket_factory=guarded_socket_factory(policy),
-        limit=limit,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout),
-        middlewares=(push_guard_middleware(policy),),
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
