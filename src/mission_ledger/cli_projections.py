@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .cli import PROG, Output, add_command, positive_int, render_fields
 from .config import Settings
+from .gc_tuning import settle_after_startup
 from .ledger import MissionLedger
 from .projections import PROJECTIONS, ProjectionWorker, WorkerProgress, rebuild
 
@@ -115,6 +116,7 @@ def _work(worker: ProjectionWorker, outbox: OutboxWorker, args: argparse.Namespa
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     thread = threading.Thread(target=run_outbox, name="mission-ledger-outbox", daemon=True)
     try:
+        settle_after_startup()  # decision 48
         lag = worker.lag()
         _log(
             f"started: {lag:,} ledger events to catch up; then following the ledger "

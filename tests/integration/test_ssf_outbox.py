@@ -1034,18 +1034,20 @@ def test_a_big_page_commits_unsigned_rows_and_signs_them_in_queue_order(
     offered: list[list[Signature]] = []
     worker.add_signature_listener(offered.append)
     assert worker.run_once() == 7
-    # The page committed 2 signed rows and 5 unsigned ones; then chunks of 2, 2 and 1 were
-    # signed and offered at once, and stored when 3 or more had piled up, and at the end.
+    # The page (7 SETs, more than a chunk of 2) committed unsigned and its streams heard of it;
+    # then chunks of 2, 2, 2 and 1 were signed and offered at once, and stored when 3 or more
+    # had piled up, and at the end (the streams heard of them again).
     assert [[s.jti for s in chunk] for chunk in offered] == [
+        [r["jti"] for r in queued(store)[0:2]],
         [r["jti"] for r in queued(store)[2:4]],
         [r["jti"] for r in queued(store)[4:6]],
         [r["jti"] for r in queued(store)[6:]],
     ]
     assert [[signed for _, signed in snapshot] for snapshot in seen] == [
-        [True, True, False, False, False, False, False],
-        [True] * 6 + [False],
+        [False] * 7,
+        [True] * 4 + [False] * 3,
     ]
-    assert [len(h) for h in heard] == [2, 4, 1]
+    assert [len(h) for h in heard] == [7, 4, 3]
     assert set().union(*heard) == set(streams)
     stored = {r["jti"]: r["set_jwt"] for r in queued(store)}
     assert all(stored[s.jti] == s.set_jwt for chunk in offered for s in chunk)  # the same bytes
@@ -1076,7 +1078,7 @@ def test_a_crash_before_the_signatures_are_stored_keeps_the_jtis_and_signs_on_re
     env.close(crashing)
     monkeypatch.undo()
     before = queued(store)
-    assert [bool(r["signed"]) for r in before] == [True, True, False, False, False]
+    assert [bool(r["signed"]) for r in before] == [False] * 5  # 5 > a chunk: committed unsigned
     assert store.position() == env.ledger.recorder.max_notification_id()
     unsigned = {r["jti"]: r["set_jwt"] for r in before if not r["signed"]}
     assert {u.jti for u in store.unsigned()} == set(unsigned)

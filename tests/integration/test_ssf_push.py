@@ -46,7 +46,7 @@ from mission_ledger.ssf.keys import FileKeyStore
 from mission_ledger.ssf.outbox import STREAM_UPDATED, VERIFICATION, OutboxWorker
 from mission_ledger.ssf.outbox_store import OutboxStore
 from mission_ledger.ssf.push import PushDeliverer, PushOptions, RetrySchedule
-from mission_ledger.ssf.push_queue import Delivered
+from mission_ledger.ssf.push_queue import Delivered, PushQueue
 from mission_ledger.ssf.rfc8417_set import sign_signing_input
 from mission_ledger.ssf.ssrf import PushTargetPolicy
 from mission_ledger.ssf.streams import authorization_fingerprint
@@ -94,7 +94,7 @@ class Env:
         self.opened.append(store)
         return store
 
-    def stream(self, url: str, *, authorization: str | None = None) -> str:
+    def stream(self, url: str, *, authorization: str | None = None, alg: str = "ES256") -> str:
         """Commit a push stream to ``url`` (what the stream service does after validating)."""
         receiver = self.receiver
         assert receiver.audience is not None
@@ -111,7 +111,7 @@ class Env:
             events_requested=[],
             events_delivered=[],
             description=None,
-            signing_alg="ES256",
+            signing_alg=alg,
             mission_capabilities=[],
             min_verification_interval=0,
             actor=receiver.actor,
@@ -740,10 +740,10 @@ def test_offered_signatures_are_pushed_before_they_are_stored_and_re_signed_alik
         urls = [receiver.url(f"s{n}") for n in range(12)]
         streams = [env.stream(url) for url in urls]
         for stream_id in streams:
-            env.verify(stream_id, 1)  # one page of 12 SETs: 4 signed before its commit
+            env.verify(stream_id, 1)  # one page of 12 SETs, more than 4: committed unsigned
         deliverer = await running(env, options())
         worker = OutboxWorker(env.ledger, env.settings, env.keys, sign_chunk=4)
-        worker.add_listener(deliverer.notify_threadsafe)
+        worker.add_listener(deliverer.notify_threadsafe, offered=True)
         worker.add_signature_listener(deliverer.offer_threadsafe)
         offered: dict[str, str] = {}
         worker.add_signature_listener(lambda sigs: offered.update({s.jti: s.set_jwt for s in sigs}))
@@ -756,8 +756,8 @@ def test_offered_signatures_are_pushed_before_they_are_stored_and_re_signed_alik
             with pytest.raises(RuntimeError, match="killed"):
                 await asyncio.to_thread(worker.run_once)
             worker.close()
-            assert len(offered) == 8
-            await until(lambda: {h.jti for h in receiver.hits} >= set(offered), "the offered 8")
+            assert len(offered) == 12  # all signed and offered; none stored
+            await until(lambda: {h.jti for h in receiver.hits} >= set(offered), "the offered 12")
             rows = {r["jti"]: r for s in streams for r in queued(store, s)}
             unsigned = {j: r for j, r in rows.items() if not r["signed"]}
             assert set(unsigned) <= set(offered)  # never stored, yet delivered
@@ -786,6 +786,55 @@ def test_offered_signatures_are_pushed_before_they_are_stored_and_re_signed_alik
         for url in urls:
             ((hit, *more),) = [receiver.of(url)]
             assert all(h.body == hit.body for h in more)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256"])
+def test_stream_tasks_read_their_rows_once_and_send_held_ones_as_signatures_come(
+    env: Env, monkeypatch: pytest.MonkeyPatch, alg: str
+) -> None:
+    """A page bigger than a chunk commits unsigned and every stream hears of it: each stream's
+    task reads its rows then, holds the unsigned ones, and sends each as its signature is
+    offered — no read per offer, and none after the last SET (nothing was queued since).
+    ES256 is signed in the worker, a chunk per offer; RS256 in the pool (12 SETs), offered as
+    soon as the next signature is not ready yet."""
+    store = env.store()
+    reads: list[str] = []
+    real = PushQueue.batches
+
+    def counting(self: PushQueue, stream_ids: Sequence[str], limit: int) -> Any:
+        reads.extend(stream_ids)
+        return real(self, stream_ids, limit)
+
+    monkeypatch.setattr(PushQueue, "batches", counting)
+
+    async def scenario() -> None:
+        receiver = await Receiver().start()
+        streams = [env.stream(receiver.url(f"s{n}"), alg=alg) for n in range(12)]
+        worker = OutboxWorker(env.ledger, env.settings, env.keys, sign_chunk=4, sign_threads=2)
+        assert await asyncio.to_thread(worker.run_once) == 0  # the outbox knows the streams
+        deliverer = await running(env, options(scan_interval=30.0))  # no scan meanwhile
+        await until(lambda: deliverer._push_streams >= set(streams), "the first scan")
+        for stream_id in streams:
+            env.verify(stream_id, 1)  # one page of 12 SETs, more than the chunk of 4
+        worker.add_listener(deliverer.notify_threadsafe, offered=True)
+        worker.add_signature_listener(deliverer.offer_threadsafe)
+        offers: list[int] = []
+        worker.add_signature_listener(lambda sigs: offers.append(len(sigs)))
+        try:
+            assert await asyncio.to_thread(worker.run_once) == 12
+            await until(drained(store, *streams), "every stream")
+        finally:
+            worker.close()
+            await deliverer.stop()
+            await receiver.stop()
+        assert sum(offers) == 12
+        assert max(offers) <= 4
+        if alg == "ES256":
+            assert offers == [4, 4, 4]
+        assert sorted(reads) == sorted(streams)  # one read per stream
+        assert len(receiver.hits) == len({hit.jti for hit in receiver.hits}) == 12
 
     run(scenario)
 

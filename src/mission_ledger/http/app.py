@@ -496,7 +496,7 @@ def _build(
     )
     if outbox_worker is not None:
         outbox_worker.add_listener(app[POLL_HUB].notify_threadsafe)
-        outbox_worker.add_listener(deliverer.notify_threadsafe)
+        outbox_worker.add_listener(deliverer.notify_threadsafe, offered=True)
         outbox_worker.add_signature_listener(deliverer.offer_threadsafe)
     app[OUTBOX_WORKER] = outbox_worker
     app[PUSH_DELIVERER] = deliverer

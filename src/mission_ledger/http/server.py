@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import Unavailable
+from ..gc_tuning import settle_after_startup
 from ..ledger import MissionLedger
 from ..principals import PrincipalRegistry
 from .app import create_app
@@ -108,6 +109,7 @@ async def run_app(app: web.Application, options: ServerOptions) -> None:
                 f"cannot listen on {options.host}:{options.port}: {error.strerror or error}; "
                 "choose another --host/--port (--port 0 picks a free one)"
             ) from None
+        settle_after_startup()  # workers, view and routes are built: freeze them (decision 48)
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"listening on http://{shown}:{port}", flush=True)

@@ -23,35 +23,40 @@ page, the immutable ledger and rows of earlier (committed) pages, so a re-done p
 same rows. After any failure the worker forgets its cached position, streams and unsigned
 rows and re-reads them (the page may or may not have committed).
 
-**Signing in chunks.** Every row's claims, ``jti`` and key are fixed when its page commits; the
-signature may come just after. The page's first ``sign_chunk`` (16) SETs are signed before the
-commit; the others are written unsigned — ``set_jwt`` holding the JWS Signing Input,
-``signed`` false — and signed right after the commit, ``sign_chunk`` at a time, in queue
-order, the next chunk signing while the current one is handed over: each chunk goes at once to
-the signature listeners (the push deliverer sends it), and the signatures are stored
+**Signing after the commit.** Every row's claims, ``jti`` and key are fixed when its page
+commits; the signature may come just after. A page of at most ``sign_chunk`` (16) SETs is signed
+before its commit (one transaction). A bigger page starts signing as soon as it is folded —
+all of it at once, in the thread pool — and is written unsigned meanwhile (``set_jwt`` holding
+the JWS Signing Input, ``signed`` false); its streams hear of it at the commit (the push
+deliverer's stream tasks read their rows then and hold the unsigned ones). The signatures are
+handed to the signature listeners in queue order as they come — whatever is ready whenever
+the next one is not, at most ``sign_chunk`` at a time — so the push deliverer sends each SET
+as soon as it is signed, and they are stored
 (:meth:`.outbox_store.OutboxStore.store_signatures`) every 256 and at the end, after which the
-listeners hear of their streams (the poll endpoint reads them then). So a revocation that
-reaches a hundred streams is on its way to the first receivers after 16 signatures, not 100,
-and costs two or three transactions, not one per chunk. Sending a signature before it is
-stored is safe because signing is deterministic (RFC 6979 nonces for ES256): a crash between
-the commit and the store leaves unsigned rows, which the next step reads back
+listeners hear of their streams again (the poll endpoint reads them then; the deliverer, which
+had them already, is not told). So a revocation that reaches a hundred streams is on its way
+to the first receivers after its first signatures, not 100, and costs two or three
+transactions, not one per chunk. Sending a signature before it is stored is safe because
+signing is deterministic (RFC 6979 nonces for ES256): a crash between the commit and the store
+leaves unsigned rows, which the next step reads back
 (:meth:`.outbox_store.OutboxStore.unsigned`) and signs again, to the same bytes, before
 folding on — the same jtis, the same claims, the same SETs; a key rotated out meanwhile is
 replaced in the header by the active one. Polls never offer an unsigned row; the deliverer
 sends one only with the signature it was offered (:mod:`.push`).
 
 Signing runs in the worker thread (never on an event loop), with ``keys.active(alg)`` of each
-stream's ``signing_alg`` (RS256 by default, ES256 per stream); a chunk with at least 8 RS256
-SETs is signed in a small thread pool (RSA signing runs in OpenSSL without the GIL: ≈0.4 ms
-per 2048-bit signature on this machine). ES256 signs an order of magnitude faster and is not
-worth the hand-off. ``iat`` and the queue's ``created_at`` come from the ledger's clock.
+stream's ``signing_alg`` (RS256 by default, ES256 per stream); a batch with at least 8 RS256
+SETs is signed in a small thread pool, 4 SETs per task (RSA signing runs in OpenSSL without
+the GIL: ≈0.3–0.4 ms per 2048-bit signature on this machine). ES256 signs an order of magnitude
+faster and is not worth the hand-off. ``iat`` and the queue's ``created_at`` come from the
+ledger's clock.
 
 **Wake-ups.** PostgreSQL: the worker's lock connection LISTENs on the ledger's NOTIFY channel,
 so a commit wakes it at once; SQLite: a commit in this process wakes it at once (the
 ledger's ``CommitSignal``), other processes' commits are polled for (``poll_interval``, at
 least every 20 ms: ``runner.SQLITE_FOLLOW_INTERVAL``). After every committed
-page or chunk that made SETs deliverable, listeners (:meth:`OutboxWorker.add_listener`) hear
-which streams got them — the long-poll endpoint and the push deliverer use that to act at
+page and stored chunk of signatures, listeners (:meth:`OutboxWorker.add_listener`) hear
+which streams got SETs — the long-poll endpoint and the push deliverer use that to act at
 once.
 
 **Key retirement.** A rotated-out key stays published (``retiring``) until no queued SET signed
@@ -66,7 +71,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 
@@ -112,7 +117,8 @@ OUTBOX_TOPICS: tuple[str, ...] = (
 RETIRE_INTERVAL = 30.0  # seconds between key-retirement checks while idle
 MAX_PAGE_SETS = 2000  # a page stops folding once it caused this many SETs (bounded signing work)
 PARALLEL_SIGNING_MIN = 8  # RS256 SETs in a chunk from which signing uses the thread pool
-SIGN_CHUNK = 16  # SETs signed before a page commits, then handed over at a time after it
+POOL_TASK = 4  # SETs signed per task in the pool
+SIGN_CHUNK = 16  # pages up to this many SETs commit signed; at most this many per offer
 STORE_EVERY = 256  # signatures of a page stored per transaction (and at its end)
 MAX_BACKOFF = 5.0
 _WHERE = "the SSF outbox (ledger or outbox store)"
@@ -164,7 +170,7 @@ class OutboxWorker:
             holder="another SSF outbox worker",
             tables="the SSF outbox's",
         )
-        self._listeners: list[Listener] = []
+        self._listeners: list[tuple[Listener, bool]] = []
         self._signature_listeners: list[SignatureListener] = []
         self._listeners_lock = threading.Lock()
         self._position: int | None = None  # None: read the tracking row on the next step
@@ -201,12 +207,14 @@ class OutboxWorker:
         with self._listeners_lock:
             self._signature_listeners.append(callback)
 
-    def add_listener(self, callback: Listener) -> None:
-        """Call ``callback(stream_ids)`` after every committed page or signature chunk that made
-        SETs deliverable, with their streams (from the worker thread: keep it short, e.g. wake
-        pollers)."""
+    def add_listener(self, callback: Listener, *, offered: bool = False) -> None:
+        """Call ``callback(stream_ids)`` after every committed page that queued SETs and every
+        stored chunk of signatures, with their streams (from the worker thread: keep it
+        short, e.g. wake pollers). ``offered``: the callback's owner also takes the signatures
+        as they are made (:meth:`add_signature_listener`), so it is not called again when they
+        are stored."""
         with self._listeners_lock:
-            self._listeners.append(callback)
+            self._listeners.append((callback, offered))
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -330,96 +338,85 @@ class OutboxWorker:
         page = fold.page
         page.streams = list(fold.dirty.values())
         keys = {alg: self.keys.active(alg) for alg in {d.alg for d in fold.drafts}}
-        rows = [_queued(draft, keys[draft.alg], fold.now) for draft in fold.drafts]
-        first = self.sign_chunk
-        signed = self._sign([Unsigned(r.jti, r.stream_id, r.set_jwt) for r in rows[:first]], keys)
-        for index, signature in enumerate(signed):
-            rows[index] = replace(rows[index], set_jwt=signature.set_jwt, signed=True)
+        signers = [keys[draft.alg] for draft in fold.drafts]
+        rows = [_queued(d, key, fold.now) for d, key in zip(fold.drafts, signers, strict=True)]
+        unsigned = [Unsigned(r.jti, r.stream_id, r.set_jwt) for r in rows]
+        jobs = [(key, row.set_jwt) for key, row in zip(signers, rows, strict=True)]
+        signing: _Signing | None = None
+        if len(rows) <= self.sign_chunk:  # a small page commits signed: one transaction
+            for index, signature in enumerate(self._start_signing(unsigned, jobs).all()):
+                rows[index] = replace(rows[index], set_jwt=signature.set_jwt, signed=True)
+            unsigned = []
+        else:  # signing starts now, in the pool, while the page is written unsigned
+            signing = self._start_signing(unsigned, jobs)
         page.sets = rows
-        self._store.write_page(page, position, new_position)
+        try:
+            self._store.write_page(page, position, new_position)
+        except BaseException:
+            if signing is not None:
+                signing.cancel()
+            raise
         self._position = new_position
-        self._pending = [Unsigned(r.jti, r.stream_id, r.set_jwt) for r in rows[first:]]
+        self._pending = unsigned
         self.applied += folded
         self.enqueued += len(rows)
-        if signed:
-            self._notify({s.stream_id for s in signed})
-        self._sign_pending()
+        if rows:  # stream tasks read their rows now, and wait there for unsigned ones' offers
+            self._notify({r.stream_id for r in rows})
+        self._sign_pending(signing)
         return len(rows), new_position < head
 
-    def _sign_pending(self) -> None:
-        """Sign the queued SETs written unsigned, ``sign_chunk`` at a time, in queue order, the
-        next chunk signing (in the pool) while the current one is handed over. Each chunk goes
-        to the signature listeners at once (the push deliverer sends it before it is stored:
-        signatures are deterministic, so a SET signed again after a crash has the same bytes);
-        the signatures are stored every ``STORE_EVERY`` and at the end, in one transaction
-        each, and then the listeners hear of their streams (the poll endpoint reads them)."""
+    def _sign_pending(self, signing: _Signing | None = None) -> None:
+        """Sign the queued SETs written unsigned (``signing``: already started for them), in
+        queue order, handing them to the signature listeners as they come: whatever is ready
+        whenever the next one is not (at most ``sign_chunk`` at a time), so the push
+        deliverer sends each SET as soon as it is signed, before it is stored (signatures are
+        deterministic: a SET signed again after a crash has the same bytes). The signatures
+        are stored every ``STORE_EVERY`` and at the end, in one transaction each; then the
+        listeners hear of their streams (the poll endpoint reads them), except those that
+        were offered the signatures already."""
         if self._pending is None:
             self._pending = self._store.unsigned()
         if not self._pending:
             return
-        keys = {alg: self.keys.active(alg) for alg in SUPPORTED_ALGORITHMS}
-        chunk = self.sign_chunk
-        signed: list[Signature] = []
-        rest = self._pending
-        ahead = self._sign_async(rest[:chunk], keys)
-        while rest:
-            signatures = ahead()
-            rest = rest[chunk:]
-            ahead = self._sign_async(rest[:chunk], keys)
-            self._offer(signatures)
-            signed += signatures
-            if len(signed) >= STORE_EVERY or not rest:
-                self._store.store_signatures(signed)
-                self._pending = rest
-                self._notify({s.stream_id for s in signed})
-                signed = []
+        if signing is None:
+            keys = {alg: self.keys.active(alg) for alg in SUPPORTED_ALGORITHMS}
+            signing = self._start_signing(self._pending, _jobs(self._pending, keys))
+        ready: list[Signature] = []  # signed, not yet offered
+        offered: list[Signature] = []  # offered, not yet stored
+        try:
+            for index in range(len(signing)):
+                if ready and (len(ready) >= self.sign_chunk or signing.waits(index)):
+                    self._offer(ready)
+                    offered += ready
+                    ready = []
+                    if len(offered) >= STORE_EVERY:
+                        self._store_signed(offered)
+                        offered = []
+                ready.append(signing.result(index))
+            self._offer(ready)
+            self._store_signed(offered + ready)
+        finally:
+            signing.cancel()
 
-    def _sign(
-        self, unsigned: Sequence[Unsigned], keys: Mapping[str, SigningKey]
-    ) -> list[Signature]:
-        return self._sign_async(unsigned, keys)()
+    def _store_signed(self, signatures: list[Signature]) -> None:
+        self._store.store_signatures(signatures)
+        assert self._pending is not None
+        self._pending = self._pending[len(signatures) :]
+        self._notify({s.stream_id for s in signatures}, offered=True)
 
-    def _sign_async(
-        self, unsigned: Sequence[Unsigned], keys: Mapping[str, SigningKey]
-    ) -> Callable[[], list[Signature]]:
-        """Start signing ``unsigned`` (in the thread pool when it holds enough RS256 work); the
-        returned function waits for the signatures, in order."""
-        jobs: list[tuple[str, str]] = []
-        used: dict[str, SigningKey] = {}
-        for item in unsigned:
-            signing_input = item.signing_input
-            header = signing_input_header(signing_input)
-            key = keys[header["alg"]]
-            if header.get("kid") != key.kid:  # rotated since the page was folded
-                signing_input = resign_header(signing_input, key)
-            jobs.append((key.kid, signing_input))
-            used[key.kid] = key
-
-        def signatures(tokens: list[str]) -> list[Signature]:
-            return [
-                Signature(item.jti, item.stream_id, kid, token)
-                for item, (kid, _), token in zip(unsigned, jobs, tokens, strict=True)
-            ]
-
-        rsa = sum(1 for kid, _ in jobs if used[kid].alg == "RS256")
+    def _start_signing(
+        self, unsigned: Sequence[Unsigned], jobs: Sequence[tuple[SigningKey, str]]
+    ) -> _Signing:
+        """Start signing ``unsigned`` (``jobs``: the key and Signing Input of each): RS256-heavy
+        batches all at once in the thread pool; the rest (ES256, a few RS256) one by one as
+        the signatures are asked for."""
+        rsa = sum(1 for key, _ in jobs if key.alg == "RS256")
+        pool = None
         if self.sign_threads > 1 and rsa >= PARALLEL_SIGNING_MIN:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.sign_threads, thread_name_prefix="ssf-sign")
-            futures = [
-                self._pool.submit(sign_signing_input, signing_input, used[kid])
-                for kid, signing_input in jobs
-            ]
-
-            def wait() -> list[Signature]:
-                try:
-                    return signatures([future.result() for future in futures])
-                finally:
-                    for future in futures:
-                        future.cancel()
-
-            return wait
-        tokens = [sign_signing_input(signing_input, used[kid]) for kid, signing_input in jobs]
-        return lambda: signatures(tokens)
+            pool = self._pool
+        return _Signing(unsigned, jobs, pool)
 
     def _offer(self, signatures: list[Signature]) -> None:
         with self._listeners_lock:
@@ -430,14 +427,85 @@ class OutboxWorker:
             except Exception:
                 LOG.exception("an SSF outbox signature listener failed (ignored)")
 
-    def _notify(self, stream_ids: set[str]) -> None:
+    def _notify(self, stream_ids: set[str], *, offered: bool = False) -> None:
         with self._listeners_lock:
-            listeners = list(self._listeners)
+            listeners = [cb for cb, took_offers in self._listeners if not (offered and took_offers)]
         for listener in listeners:
             try:
                 listener(set(stream_ids))
             except Exception:
                 LOG.exception("an SSF outbox listener failed (ignored)")
+
+
+def _jobs(
+    unsigned: Sequence[Unsigned], keys: Mapping[str, SigningKey]
+) -> list[tuple[SigningKey, str]]:
+    """The key and Signing Input for each row read back unsigned: the active key of the row's
+    algorithm, its header rewritten if that key was rotated in since the page was folded."""
+    jobs: list[tuple[SigningKey, str]] = []
+    for item in unsigned:
+        signing_input = item.signing_input
+        header = signing_input_header(signing_input)
+        key = keys[header["alg"]]
+        if header.get("kid") != key.kid:
+            signing_input = resign_header(signing_input, key)
+        jobs.append((key, signing_input))
+    return jobs
+
+
+def _sign_all(jobs: Sequence[tuple[SigningKey, str]]) -> list[str]:
+    return [sign_signing_input(text, key) for key, text in jobs]
+
+
+class _Signing:
+    """The signatures of some unsigned SETs, in order: computed in the thread pool (all
+    submitted at once, so its threads never wait for the worker) or, without a pool, here
+    when asked for."""
+
+    def __init__(
+        self,
+        unsigned: Sequence[Unsigned],
+        jobs: Sequence[tuple[SigningKey, str]],
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self._unsigned = unsigned
+        self._jobs = jobs
+        self._futures: list[Future[list[str]]] | None = None
+        if pool is not None:  # a few per task: a task per SET cost more than a quarter of one
+            self._futures = [
+                pool.submit(_sign_all, jobs[start : start + POOL_TASK])
+                for start in range(0, len(jobs), POOL_TASK)
+            ]
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def waits(self, index: int) -> bool:
+        """Whether asking for signature ``index`` now would wait for the pool (never without
+        one: it is computed when asked for)."""
+        return self._futures is not None and not self._futures[index // POOL_TASK].done()
+
+    def result(self, index: int) -> Signature:
+        """Signature ``index``, waiting for it (or computing it) if need be."""
+        key, text = self._jobs[index]
+        token = (
+            self._futures[index // POOL_TASK].result()[index % POOL_TASK]
+            if self._futures is not None
+            else sign_signing_input(text, key)
+        )
+        item = self._unsigned[index]
+        return Signature(item.jti, item.stream_id, key.kid, token)
+
+    def all(self) -> list[Signature]:
+        try:
+            return [self.result(index) for index in range(len(self))]
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Drop the signing not yet begun (after a failure, or once all were taken)."""
+        for future in self._futures or ():
+            future.cancel()
 
 
 def _queued(draft: Draft, key: SigningKey, now: datetime) -> QueuedSet:

@@ -648,13 +648,16 @@ class OutboxStore:
         b = self._b
         columns = ", ".join(_QUEUE_COLUMNS)
         marks = ", ".join("?" * len(_QUEUE_COLUMNS))
-        rows = [
-            tuple(
-                b.time_to_db(value) if isinstance(value, datetime) else value
-                for value in (getattr(s, column) for column in _QUEUE_COLUMNS)
-            )
-            for s in sets
-        ]
+        times: dict[datetime, Any] = {}  # a page's rows share their created_at
+
+        def db(value: Any) -> Any:
+            if not isinstance(value, datetime):
+                return value
+            if value not in times:
+                times[value] = b.time_to_db(value)
+            return times[value]
+
+        rows = [tuple(db(getattr(s, column)) for column in _QUEUE_COLUMNS) for s in sets]
         try:
             insert = f"INSERT INTO {{queue}} ({columns}) VALUES ({marks})"  # noqa: S608
             tx.executemany(b.sql(insert), rows)

@@ -44,12 +44,15 @@ written by a separately running ``mission-ledger worker``, status changes, new o
 endpoints and dead letters an operator redelivered.
 
 **Signatures before they are stored.** A big page's SETs are committed unsigned and signed just
-after, chunk by chunk (:mod:`.outbox`); the worker offers each chunk's signatures here
-(:meth:`PushDeliverer.offer_threadsafe`) before it stores them, and a stream task reading such
-a row sends the offered bytes. That is safe because the row — its claims and ``jti`` — is
+after (:mod:`.outbox`); the worker offers the signatures here as they come
+(:meth:`PushDeliverer.offer_threadsafe`) before it stores them, and a stream task sends such a
+row with the offered bytes. That is safe because the row — its claims and ``jti`` — is
 committed, and signing is deterministic: if the process dies before the store, the worker signs
-the row again to the same bytes. A row whose signature is neither stored nor offered ends the
-batch; its stream waits for the offer or the store.
+the row again to the same bytes. A stream task that reaches a row whose signature is neither
+stored nor offered holds the rest of its batch and waits for the offer (up to
+``scan_interval``, then it reads the rows again), so a page costs each stream one read, not one
+per offer; a task whose batch was complete and all sent ends without another read unless new
+SETs were queued meanwhile.
 
 **One deliverer per store.** A deliverer claims the queue before delivering — a PostgreSQL
 session advisory lock (checked every few seconds, taken again after a lost connection), or an
@@ -306,6 +309,12 @@ class _Lane:
     current_seq: int | None = None
     sent: set[int] = field(default_factory=set)  # delivered in this batch (deletes pending)
     waiting: bool = False  # sleeping until the head's next attempt
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # an offer, new SETs, a refresh
+
+    def reread(self) -> None:
+        """Re-read the head now (wakes the task if it sleeps or holds)."""
+        self.refresh.set()
+        self.wake.set()
 
     def observe(self, head: PushHead) -> None:
         """The scan's view of the stream: re-read when something that matters changed (the
@@ -324,7 +333,7 @@ class _Lane:
         )
         moved = self.waiting and head.seq != self.current_seq
         if changed or earlier or moved:
-            self.refresh.set()
+            self.reread()
 
 
 class _Writer:
@@ -506,7 +515,7 @@ class PushDeliverer:
             return
         self._stopping = True
         for lane in list(self._lanes.values()):
-            lane.refresh.set()  # waiting tasks end now; sending ones after their request
+            lane.reread()  # waiting tasks end now; sending ones after their request
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.options.drain_timeout)
@@ -544,9 +553,16 @@ class PushDeliverer:
         if self._stopping or not self.claimed:
             return
         now = time.monotonic()
+        idle: set[str] = set()
         for signature in signatures:
             self._fresh[signature.jti] = (signature.set_jwt, signature.stream_id, now)
-        self._on_new_sets(frozenset(s.stream_id for s in signatures))
+            lane = self._lanes.get(signature.stream_id)
+            if lane is None:
+                idle.add(signature.stream_id)
+            else:  # it holds its rows (or is sending): it goes on with this signature
+                lane.wake.set()
+        if idle:
+            self._on_new_sets(frozenset(idle))
 
     def _signed(self, batch: PushBatch) -> PushBatch:
         """The batch up to its first SET whose signature is neither stored nor offered."""
@@ -663,7 +679,7 @@ class PushDeliverer:
                 self._spawn(head.stream_id)
         for stream_id, lane in self._lanes.items():
             if stream_id not in self._push_streams:
-                lane.refresh.set()  # deleted, revoked or switched to poll: it re-reads and ends
+                lane.reread()  # deleted, revoked or switched to poll: it re-reads and ends
 
     def _on_new_sets(self, stream_ids: frozenset[str]) -> None:
         if self._stopping or not self.claimed:
@@ -673,6 +689,7 @@ class PushDeliverer:
             lane = self._lanes.get(stream_id)
             if lane is not None:
                 lane.new_sets = True
+                lane.wake.set()
             elif stream_id in self._push_streams:
                 self._spawn(stream_id)
             else:
@@ -714,13 +731,11 @@ class PushDeliverer:
                     lane.status = batch.target.status
                     lane.endpoint_url = batch.target.endpoint_url
                     lane.secret_updated_at = batch.secret_updated_at
-                    batch = self._signed(batch)
-                    if not batch.items:  # its head awaits its signature: offer_threadsafe
-                        if lane.refresh.is_set() or lane.new_sets:
-                            continue
-                        return
-                    await self._deliver_batch(lane, batch)
+                    complete = await self._deliver_held(lane, batch)
                     backoff = 0.0
+                    whole = len(batch.items) < self.options.batch_size  # the queue had no more
+                    if complete and whole and not (lane.refresh.is_set() or lane.new_sets):
+                        return  # all sent, nothing queued since: new SETs start a task again
                 except Unavailable as error:
                     backoff = min(MAX_STORE_BACKOFF, max(0.1, backoff * 2))
                     LOG.warning(
@@ -746,6 +761,34 @@ class PushDeliverer:
         except TimeoutError:
             return False
         return True
+
+    async def _deliver_held(self, lane: _Lane, batch: PushBatch) -> bool:
+        """Deliver the batch in order; an unsigned row (its signature neither stored nor
+        offered yet) is held, and the task waits up to ``scan_interval`` for its offer instead
+        of reading the rows again (a separately running worker's signatures are only stored:
+        they are read then). True when every row of the batch was delivered; False on a
+        failure, a refresh, new SETs or a signature not offered in time (the caller re-reads)."""
+        while True:
+            lane.wake.clear()
+            ready = self._signed(batch)
+            if ready.items:
+                await self._deliver_batch(lane, ready)
+                if len(lane.sent) < len(ready.items):
+                    return False  # a failure, a refresh or stop: the next read says what now
+            held = batch.items[len(ready.items) :]
+            if not held:
+                return True
+            if self._stopping or lane.refresh.is_set():
+                return False
+            batch = replace(batch, items=held)
+            if held[0].jti in self._fresh:
+                continue  # offered while the rows before it were sent
+            try:
+                await asyncio.wait_for(lane.wake.wait(), self.options.scan_interval)
+            except TimeoutError:
+                return False
+            if held[0].jti not in self._fresh:
+                return False  # new SETs or a refresh woke it, not this offer: read again
 
     async def _deliver_batch(self, lane: _Lane, batch: PushBatch) -> None:
         """Push the batch's SETs one after the other; stop at the first failure (its new state
