@@ -362,6 +362,13 @@ def _require_aware(at: datetime, name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _foreign(previous: tuple[int, int], now: tuple[int, int]) -> bool:
+    """Whether events a poll found must have come from another process: no commit of this
+    process began since the previous poll, and none was in flight then (``(begun, count)``
+    of the ledger's :class:`~.ledger.CommitSignal` at each poll)."""
+    return now[0] == previous[0] and previous[0] == previous[1]
+
+
 class LiveAuthorizationView:
     """Every Mission's check-relevant state in memory, tailing the ledger's notification log.
 
@@ -447,10 +454,12 @@ class LiveAuthorizationView:
 
     def _run(self) -> None:
         failing = False
-        active = float("-inf")  # when a poll last found events no commit here announced
-        previous = -1  # the commit count at the previous poll
+        active = float("-inf")  # when a poll last found events no commit here can explain
+        commits = self._ledger.commits
+        previous = (-1, -1)  # (begun, count) of this process's commits at the previous poll
         while not self._stop.is_set():
-            seen = self._ledger.commits.count  # before polling: a commit after it wakes the wait
+            seen = commits.count  # before polling: a commit after it wakes the wait
+            marks = (commits.begun, seen)
             try:
                 got_any = self._poll_once() > 0
             except Exception:
@@ -463,14 +472,12 @@ class LiveAuthorizationView:
                 log.info("authorization view: polling recovered at position %d", self._position)
                 failing = False
             now = time.monotonic()
-            if got_any and seen == previous:  # another process wrote: keep polling briskly
+            if got_any and _foreign(previous, marks):  # another process wrote: poll briskly
                 active = now
-            previous = seen
+            previous = marks
             if not got_any:  # commits in this process wake it at once; others are polled for
                 idle = now - active >= IDLE_AFTER_SECONDS
-                self._ledger.commits.wait(
-                    seen, self._idle_interval if idle else self._poll_interval
-                )
+                commits.wait(seen, self._idle_interval if idle else self._poll_interval)
 
     def _poll_once(self) -> int:
         """Fold one page of new Mission notifications; returns how many it had (a full page,

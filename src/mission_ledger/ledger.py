@@ -209,11 +209,23 @@ class CommitSignal:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._count = 0
+        self._begun = 0
 
     @property
     def count(self) -> int:
         """How many commits this process has signalled (compare with :meth:`wait`'s answer)."""
         return self._count
+
+    @property
+    def begun(self) -> int:
+        """How many commits this process has begun: ``begun - count`` are in flight (their
+        events may be visible in the store before :meth:`notify`)."""
+        return self._begun
+
+    def begin(self) -> None:
+        """A commit starts (call :meth:`notify` when it ends, whether or not it succeeded)."""
+        with self._cond:
+            self._begun += 1
 
     def notify(self) -> None:
         with self._cond:
@@ -275,8 +287,11 @@ class MissionLedger(Application[UUID]):
         events = [e for agg in aggregates for e in agg.collect_events()]
         if not events:
             return None
-        recordings = self.committer.commit(events)
-        self.commits.notify()
+        self.commits.begin()
+        try:
+            recordings = self.committer.commit(events)
+        finally:
+            self.commits.notify()
         self._snapshot_if_due(aggregates, recordings)
         return max(r.notification.id for r in recordings)
 

@@ -1177,3 +1177,42 @@ def test_the_view_polls_briskly_only_while_other_processes_write(
         live.stop()
         elsewhere.close()
         here.close()
+
+
+@pytest.mark.parametrize(
+    ("previous", "now", "foreign"),
+    [
+        ((3, 3), (3, 3), True),  # nothing of ours began or was in flight: another process
+        ((3, 3), (4, 3), False),  # ours began since the previous poll
+        ((3, 3), (4, 4), False),  # ours began and ended since
+        ((4, 3), (4, 4), False),  # ours was in flight at the previous poll (committed, not yet
+        # announced): its events may show up now
+    ],
+)
+def test_only_events_no_commit_of_this_process_can_explain_count_as_another_process(
+    previous: tuple[int, int], now: tuple[int, int], foreign: bool
+) -> None:
+    assert checks._foreign(previous, now) is foreign
+
+
+def test_a_commit_is_in_flight_between_begin_and_notify_even_when_it_fails(
+    ledger: MissionLedger,
+) -> None:
+    signal = ledger.commits
+    begun, count = signal.begun, signal.count
+    assert begun == count
+    open_mission(ledger)
+    assert signal.begun > begun
+    assert signal.begun == signal.count  # every commit that began has been announced
+
+    def failing(events: Any) -> Any:
+        raise Unavailable("the store is down")
+
+    real = ledger.committer.commit
+    ledger.committer.commit = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Unavailable):
+            open_mission(ledger, agent="agent-2")
+    finally:
+        ledger.committer.commit = real  # type: ignore[method-assign]
+    assert signal.begun == signal.count  # a failed commit is not left in flight
