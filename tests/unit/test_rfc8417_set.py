@@ -28,7 +28,11 @@ from mission_ledger.ssf.rfc8417_set import (
     SetVerificationError,
     build_set_claims,
     check_set_claims,
+    payload_signing_input,
+    resign_header,
+    set_payload,
     sign_set,
+    sign_signing_input,
     verify_set,
 )
 
@@ -588,3 +592,26 @@ def test_many_kids_keep_verifying_past_the_cache_size(store: MemoryKeyStore) -> 
         signed = SigningKey(kid=kid, alg="ES256", private_key=key.private_key)
         token = sign_set(claims(), signed)
         assert verify_set(token, {"keys": [{**jwk, "kid": kid}]}, issuer=ISS, audience=AUD)
+
+
+# --- signing a stored Signing Input -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_a_signing_input_signs_deterministically_and_only_with_the_key_it_names(
+    store: MemoryKeyStore, alg: str
+) -> None:
+    key = store.active(alg)
+    other = store.active("ES256" if alg == "RS256" else "RS256")
+    signing_input = payload_signing_input(set_payload(claims()), key)
+    token = sign_signing_input(signing_input, key)
+    assert token == sign_signing_input(signing_input, key)  # the same bytes every time
+    assert token.rpartition(".")[0] == signing_input
+    assert verify_set(token, store.jwks(), issuer=ISS, audience=AUD)["aud"] == AUD
+    with pytest.raises(ValueError, match=f"names {alg} key"):
+        sign_signing_input(signing_input, other)  # the header names another key
+    again = resign_header(signing_input, other)
+    assert again.partition(".")[2] == signing_input.partition(".")[2]  # the same payload
+    assert sign_signing_input(again, other).startswith(again + ".")
+    with pytest.raises(ValueError, match="two base64url parts"):
+        sign_signing_input(token, key)  # a compact JWS is not a Signing Input

@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any, TypeAlias
 
 import jwt
@@ -176,9 +177,15 @@ def set_payload(claims: Mapping[str, Any]) -> str:
 
 def payload_signing_input(payload: str, key: SigningKey) -> str:
     """The JWS Signing Input of a payload from :func:`set_payload`, header naming ``key``."""
-    if key.alg not in SUPPORTED_ALGORITHMS:
-        raise ValueError(f"unsupported SET signing algorithm {key.alg!r}")
-    return f"{_b64_json({'alg': key.alg, 'kid': key.kid, 'typ': SET_TYP})}.{payload}"
+    return f"{_header_b64(key.alg, key.kid)}.{payload}"
+
+
+@lru_cache(maxsize=64)
+def _header_b64(alg: str, kid: str) -> str:
+    """The encoded JOSE header of SETs signed by key ``kid`` (one per key: computed once)."""
+    if alg not in SUPPORTED_ALGORITHMS:
+        raise ValueError(f"unsupported SET signing algorithm {alg!r}")
+    return _b64_json({"alg": alg, "kid": kid, "typ": SET_TYP})
 
 
 def sign_signing_input(signing_input: str, key: SigningKey) -> str:
@@ -193,18 +200,19 @@ def sign_signing_input(signing_input: str, key: SigningKey) -> str:
     header_b64, _, payload_b64 = signing_input.partition(".")
     if not payload_b64 or "." in payload_b64:
         raise ValueError("a JWS Signing Input is two base64url parts joined by one '.'")
-    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
-    if header.get("alg") != key.alg or header.get("kid") != key.kid:
-        raise ValueError(
-            f"the signing input's header names {header.get('alg')} key {header.get('kid')!r}, "
-            f"not {key.alg} key {key.kid!r}"
-        )
+    if key.alg not in SUPPORTED_ALGORITHMS or header_b64 != _header_b64(key.alg, key.kid):
+        header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+        if header.get("alg") != key.alg or header.get("kid") != key.kid:
+            raise ValueError(
+                f"the signing input's header names {header.get('alg')} key "
+                f"{header.get('kid')!r}, not {key.alg} key {key.kid!r}"
+            )
     data = signing_input.encode("ascii")
     private = key.private_key
     if isinstance(private, rsa.RSAPrivateKey) and key.alg == "RS256":
-        signature = private.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        signature = private.sign(data, _PKCS1V15, _SHA256)
     elif isinstance(private, ec.EllipticCurvePrivateKey) and key.alg == "ES256":
-        der = private.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        der = private.sign(data, _DETERMINISTIC_ECDSA)
         r, s = decode_dss_signature(der)
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     else:
@@ -248,6 +256,7 @@ _PADDING = ("", "", "==", "=")
 _PKCS1V15 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
 _ECDSA_SHA256 = ec.ECDSA(_SHA256)
+_DETERMINISTIC_ECDSA = ec.ECDSA(_SHA256, deterministic_signing=True)  # RFC 6979 nonces
 _ES256_SIGNATURE_BYTES = 64  # R || S, 32 bytes each (RFC 7518 §3.4)
 
 # Parsed public keys by (kid, alg), each with a copy of the JWK it was parsed from: a JWKS that
