@@ -166,7 +166,6 @@ class _Connection(asyncio.Protocol):
         self._client = client
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.used = 0  # requests answered on this connection
         self.idle_since = time.monotonic()
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[PushAnswer] | None = None
@@ -227,7 +226,7 @@ class _Connection(asyncio.Protocol):
         if self._headers_done and not self._delimited:  # the close ends this answer's body
             self._complete(keep_alive=False)
         elif not self._any_byte:
-            waiter.set_exception(_Unanswered(self.used > 0, exc))
+            waiter.set_exception(_Unanswered(exc))
         else:
             waiter.set_exception(PushProtocolError("the receiver closed the connection mid-answer"))
 
@@ -305,7 +304,6 @@ class _Connection(asyncio.Protocol):
         finally:
             done = self._waiter.done() and not self._waiter.cancelled()
             self._waiter = None
-            self.used += 1
             self.idle_since = time.monotonic()
             if not done:  # cancelled (a timeout) mid-request: the stream is out of step
                 self.close()
@@ -317,11 +315,11 @@ class _Connection(asyncio.Protocol):
 
 
 class _Unanswered(Exception):
-    """The connection closed before any byte of the answer (``reused``: it had served before)."""
+    """The connection closed before any byte of the answer (on a kept-alive connection: the
+    receiver dropped it while it was idle, and the request is sent again on a new one)."""
 
-    def __init__(self, reused: bool, cause: Exception | None) -> None:
+    def __init__(self, cause: Exception | None) -> None:
         super().__init__("the receiver closed the connection without answering")
-        self.reused = reused
         self.cause = cause
 
 
