@@ -9,8 +9,9 @@ per event, on the server's event loop.
 
 **What it sends.** ``POST <path?query> HTTP/1.1`` with ``Host`` (the URL's, port included when
 not the default), ``Content-Length``, and the caller's headers; no cookies, no proxy (the
-environment's proxy settings are never read), no ``Expect``, no compression. Header values with
-CR, LF or NUL are refused (:class:`ValueError`) before anything is sent.
+environment's proxy settings are never read), no ``Expect``, no compression. Header names that
+are not HTTP tokens and values with CR, LF or NUL are refused (:class:`ValueError`) before
+anything is sent.
 
 **What it answers.** A :class:`PushAnswer`: the status, the reason phrase, ``Retry-After`` and
 ``Location`` as sent, and up to :data:`MAX_ANSWER_BODY` bytes of a non-2xx body (a 2xx body is
@@ -29,10 +30,11 @@ more. Checked answers are cached for ``dns_ttl`` seconds; a refusal is never cac
 connection idle for ``idle_timeout`` is closed (a timer sweeps the idle ones), and one the
 receiver closed is dropped. An answer must end as its head says (``Content-Length``, chunked,
 or — with neither — the close); an answer cut short is an error, and a connection that sent
-bytes beyond its answer is not reused. If a
-reused connection turns out to be closed before any byte of the answer arrived (the receiver
-dropped it while it was idle), the request is sent once more on a new connection: delivery is
-at least once and receivers de-duplicate by ``jti`` (RFC 8935 §2), so a second copy is harmless.
+bytes beyond its answer is not reused; a head over :data:`MAX_ANSWER_HEAD` bytes is an error.
+If a reused connection turns out to be closed before any byte of the answer arrived (the
+receiver dropped it while it was idle), the request is sent once more on a new connection:
+delivery is at least once and receivers de-duplicate by ``jti`` (RFC 8935 §2), so a second copy
+is harmless.
 TLS certificates are verified (``ssl.create_default_context()`` unless a context is given); the
 SNI and certificate name are the URL's host.
 
