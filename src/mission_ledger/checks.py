@@ -485,6 +485,10 @@ class LiveAuthorizationView:
         started = time.monotonic()
         recorder = self._ledger.recorder
         high = recorder.max_notification_id() or 0  # before selecting: see the class docstring
+        if high <= self._position:  # nothing new: one statement, not two (an idle server)
+            with self._cond:
+                self._last_poll = started
+            return 0
         page = recorder.select_notifications(
             start=self._position + 1, limit=PAGE_SIZE, topics=MISSION_TOPICS
         )
