@@ -1085,13 +1085,16 @@ def _config_rows(
     if fanout.rate > 0:
         server_ms = 1000 * fanout.server_cpu / fanout.rate
         receiver_ms = 1000 * fanout.receiver_cpu / fanout.rate
-        floor = n * (server_ms + receiver_ms) / (os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        floor = n * (server_ms + receiver_ms) / cores
+        ceiling = cores * 1000 / (server_ms + receiver_ms)
         report.cpu.append(
             f"  per SET delivered in that window: {server_ms:.2f} ms of server CPU (signing "
             f"and the commands' own work included), {receiver_ms:.2f} ms of receiver CPU; at "
             f"that cost one event to all {n} receivers takes "
             f"{n * (server_ms + receiver_ms):.0f} ms of CPU, >= {floor:.0f} ms on these "
-            f"{os.cpu_count()} cores however it is scheduled"
+            f"{cores} cores however it is scheduled, and these cores deliver at most "
+            f"{ceiling:,.0f} SETs/s ({ceiling / sign:.0%} of the signing rate)"
         )
 
 
