@@ -1121,6 +1121,48 @@ def test_push_outcomes_and_stored_signatures_lock_rows_in_one_order(env: Env) ->
     assert [row["seq"] for row in queued(store, stream_id)] == [first]
 
 
+def test_rows_dropped_with_their_streams_are_locked_in_the_deliverers_order(env: Env) -> None:
+    """A page that deletes streams drops their queued rows. Deleting them stream by stream
+    would lock rows out of ``seq`` order: with another stream's outcome write between them,
+    PostgreSQL found a deadlock and cancelled the outcomes (a SET pushed again). The page
+    locks the rows in ``seq`` order first, so the outcome write just waits."""
+    store, other = env.store(), env.store()
+    a = env.stream("https://hooks.example.com/a")
+    b = env.stream("https://hooks.example.com/b")
+    for _ in range(2):  # a1 < b1 < a2 < b2 in seq order
+        env.verify(a, 1)
+        env.verify(b, 1)
+        env.outbox()
+    a1, a2 = (row["seq"] for row in queued(store, a))
+    b1, b2 = (row["seq"] for row in queued(store, b))
+    assert a1 < b1 < a2 < b2
+    env.on_stream(a, "delete", actor=ACTOR)
+    env.on_stream(b, "delete", actor=ACTOR)
+    errors: list[BaseException] = []
+    folded = threading.Event()
+
+    def fold() -> None:  # the page that drops both streams' rows
+        try:
+            env.outbox()
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+        finally:
+            folded.set()
+
+    tx_backend = other._b
+    with tx_backend.writing() as tx:  # the deliverer's outcome write, holding b1 first
+        tx.lock_queue_rows("seq", [b1])
+        thread = threading.Thread(target=fold)
+        thread.start()
+        time.sleep(0.3)  # the page now waits for b1 (holding only a1, or nothing)
+        tx.lock_queue_rows("seq", [a2])  # the outcome write's next row
+    thread.join(timeout=WAIT)
+    assert folded.is_set()
+    assert errors == []
+    assert queued(store, a) == []
+    assert queued(store, b) == []
+
+
 def _terminate_sessions(env: Env) -> int:
     """What a PostgreSQL restart looks like to the transmitter: every session of THIS test
     (named by PGAPPNAME) is terminated; other test runs sharing the server are untouched."""

@@ -612,6 +612,7 @@ class OutboxStore:
                     for m in page.missions
                 ],
             )
+            tx.lock_queue_rows("stream_id", list(page.drops))  # in seq order, as the deliverer
             for stream_id, everything in page.drops.items():
                 held = "" if everything else " AND NOT control"
                 delete = "DELETE FROM {queue} WHERE stream_id = ?" + held  # noqa: S608

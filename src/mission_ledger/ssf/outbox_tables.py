@@ -94,7 +94,8 @@ class OutboxTx:
     def lock_queue_rows(self, column: str, values: Sequence[Any]) -> None:
         """Lock the queue rows whose ``column`` is in ``values``, in ``seq`` order, before
         changing them. Every writer that changes several queue rows of other writers' streams
-        (the push outcomes, the stored signatures) takes its row locks in that one order, so on
+        (the push outcomes, the stored signatures, the rows a page drops for deleted or disabled
+        streams) takes its row locks in that one order, so on
         PostgreSQL they wait for one another instead of deadlocking (and being cancelled after
         ``deadlock_timeout``). SQLite locks the whole database: nothing to do."""
         if values and self.backend.backend_name() == "postgres":
