@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import jwt
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from mission_ledger.receiver import VerifiedSet
 from mission_ledger.ssf.keys import MemoryKeyStore, SigningKey
@@ -142,6 +144,19 @@ def b64(data: bytes) -> str:
 
 def b64json(value: object) -> str:
     return b64(json.dumps(value).encode())
+
+
+def sign_input(signing_input: str, key: SigningKey) -> str:
+    """``signing_input`` "." its JWS signature by ``key`` with the key's own algorithm, whatever
+    the header says (ES256 as the 64-byte R || S): independent of the signer under test."""
+    data = signing_input.encode("ascii")
+    if isinstance(key.private_key, rsa.RSAPrivateKey):
+        signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+        r, s = decode_dss_signature(key.private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{signing_input}.{b64(signature)}"
 
 
 def signed_with_header(key: SigningKey, body: Mapping[str, Any], **header: Any) -> str:

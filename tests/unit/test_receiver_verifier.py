@@ -10,8 +10,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mission_ledger.receiver import (
     InvalidSetAudience,
@@ -38,6 +37,7 @@ from tests.unit.test_receiver_common import (
     key_store,
     make_set,
     run,
+    sign_input,
     signed_with_header,
     transmitter,
 )
@@ -321,15 +321,7 @@ def test_an_unreachable_or_malformed_jwks_is_jwks_unavailable_not_a_refusal() ->
 def forge(header: dict[str, Any], body: object, key: SigningKey) -> str:
     """A compact JWS with exactly ``header`` and ``body`` (any JSON), signed by ``key`` with its
     own algorithm whatever the header says (ES256 as the 64-byte R || S)."""
-    signing_input = f"{b64json(header)}.{b64json(body)}"
-    data = signing_input.encode("ascii")
-    if isinstance(key.private_key, rsa.RSAPrivateKey):
-        signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
-        r, s = decode_dss_signature(key.private_key.sign(data, ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return f"{signing_input}.{b64(signature)}"
+    return sign_input(f"{b64json(header)}.{b64json(body)}", key)
 
 
 def test_malformed_sets_naming_an_unknown_kid_never_trigger_a_refresh() -> None:

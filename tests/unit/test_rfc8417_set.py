@@ -12,8 +12,7 @@ from typing import Any, cast
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jws
 from joserfc.jwk import KeySet, KeySetSerialization
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -35,6 +34,7 @@ from mission_ledger.ssf.rfc8417_set import (
     sign_signing_input,
     verify_set,
 )
+from tests.unit.test_receiver_common import b64, b64json, sign_input
 
 ISS = "https://transmitter.example.com"
 AUD = "receiver.example.com/web"
@@ -79,14 +79,6 @@ def claims_args(**overrides: Any) -> dict[str, Any]:
 
 def claims(**overrides: Any) -> dict[str, Any]:
     return build_set_claims(**claims_args(**overrides))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64json(value: object) -> str:
-    return b64(json.dumps(value).encode())
 
 
 # --- claims -----------------------------------------------------------------------------------
@@ -280,18 +272,6 @@ def test_refuses_garbage(store: MemoryKeyStore, token: str) -> None:
 
 
 # --- strict compact JWS parsing (RFC 7515 §2, §7.1) -------------------------------------------
-
-
-def sign_input(signing_input: str, key: SigningKey) -> str:
-    """``signing_input`` "." its JWS signature by ``key`` (ES256 as the 64-byte R || S)."""
-    data = signing_input.encode("ascii")
-    if isinstance(key.private_key, rsa.RSAPrivateKey):
-        signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
-        r, s = decode_dss_signature(key.private_key.sign(data, ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return f"{signing_input}.{b64(signature)}"
 
 
 def forge_raw(header: object, payload: object, key: SigningKey) -> str:
